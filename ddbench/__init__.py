@@ -1,0 +1,3 @@
+"""ddbench: produce, score and publish dataset-distillation results under versioned protocols."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,211 @@
+"""One run: dataset → method → distilled set → protocol → result records.
+
+Every step is idempotent so a killed run resumes where it stopped:
+- a distilled set lives at `<out>/distilled/<method>/<dataset>/ipc<K>-seed<S>-<key>` (key = hash of the
+  method's resolved config, card version, IPC and seed) and is reused when its manifest is there;
+- each (arch, eval seed) evaluation is written to the store as soon as it finishes, and skipped next time.
+"""
+from __future__ import annotations
+
+import platform
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .data import get_dataset, list_files, load_split
+from .distilled import MANIFEST, DistilledSet
+from .errors import ConfigError, DataError
+from .method import Context, default_cache_dir, load_method
+from .protocol import load_protocol
+from .store import ResultStore, code_version
+
+
+@dataclass
+class RunRequest:
+    method: str
+    dataset: str
+    ipc: int
+    protocol: str | None = None  # None: the dataset's default (dc for embedded data, idc for ImageNet subsets)
+    archs: list[str] | None = None  # None: the protocol card's arch
+    seeds: list[int] = field(default_factory=lambda: [0])
+    eval_seeds: list[int] = field(default_factory=lambda: [0])
+    method_overrides: dict = field(default_factory=dict)
+    protocol_overrides: dict = field(default_factory=dict)
+    out: Path = Path("runs")
+    device: str = "auto"
+    options: dict = field(default_factory=dict)  # imagenet_root, data_root, dit, vae, teacher, cache_dir
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: no CUDA device is visible; use --device cpu")
+    return torch.device(name)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
+
+
+def hardware_info(device: torch.device) -> dict:
+    info = {"torch": torch.__version__, "python": platform.python_version(), "cpu_count": torch.get_num_threads(),
+            "machine": platform.machine(), "device": device_name(device)}
+    if device.type == "cuda":
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def default_protocol(spec) -> str:
+    return "idc" if spec.kind == "imagenet" else "dc"
+
+
+class PhaseMeter:
+    """Wall time and peak memory (MB) of one phase: CUDA allocator peak on GPU, process RSS peak on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        else:  # ru_maxrss is the process-lifetime peak (KiB on Linux): an upper bound for this phase
+            self.peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        self.seconds = time.perf_counter() - self.t0
+
+
+def check_ipc(spec, ipc: int, method_kind: str) -> None:
+    if ipc <= 0:
+        raise ConfigError(f"--ipc must be a positive number of images per class, got {ipc}")
+    if method_kind != "selection":
+        return
+    _, labels = list_files(spec, "train")
+    smallest = int(torch.bincount(labels, minlength=len(spec.classes)).min())
+    if ipc > smallest:
+        raise ConfigError(f"--ipc {ipc} is larger than the smallest class of {spec.name} ({smallest} training "
+                          f"images); choose --ipc {smallest} or less")
+
+
+def run(req: RunRequest, progress=None, log=print) -> list[dict]:
+    """Execute a run request; returns the result records it produced or found in the store."""
+    spec = get_dataset(req.dataset, imagenet_root=req.options.get("imagenet_root"),
+                       data_root=req.options.get("data_root"))
+    method = load_method(req.method, spec.name, req.method_overrides)
+    check_ipc(spec, req.ipc, method.card.get("kind", ""))
+    protocol_name = req.protocol or default_protocol(spec)
+    protocol = load_protocol(protocol_name, req.protocol_overrides)
+    archs = req.archs or [protocol.card["arch"]]
+    device = resolve_device(req.device)
+    out = Path(req.out)
+    store = ResultStore(out / "results.db")
+    cache_dir = Path(req.options.get("cache_dir") or default_cache_dir())
+    train_split = {}
+
+    def train():
+        if "split" not in train_split:
+            train_split["split"] = load_split(spec, "train", cache_dir=cache_dir / "data")
+        return train_split["split"]
+
+    ctx = Context(spec, device, cache_dir, train, progress, req.options)
+    test = None
+    records, prepared = [], {}
+    for seed in req.seeds:
+        keys = [dict(method=method.name, dataset=spec.name, ipc=req.ipc, seed=seed, protocol=protocol_name,
+                     arch=a, eval_seed=e) for a in archs for e in req.eval_seeds]
+        todo = [k for k in keys if not store.has(k)]
+        records += [r for k in keys if k not in todo for r in store.query(**k)]
+        if not todo:
+            log(f"seed {seed}: all {len(keys)} evaluations already recorded in {store.path}; skipping")
+            continue
+        dset, phases = _distilled_set(method, ctx, req, spec, seed, out, prepared, log)
+        if test is None:
+            test = load_split(spec, "test", cache_dir=cache_dir / "data")
+        info = {"method_version": method.version, "method_config": method.cfg}
+        records += evaluate_cells(dset, spec, protocol, todo, store, test, device, info, phases, log)
+    store.close()
+    return records
+
+
+def evaluate_cells(dset, spec, protocol, keys, store, test, device, info, phases, log) -> list[dict]:
+    """Evaluate `dset` for each record key and store each record as soon as it exists."""
+    sha = dset.provenance.get("sha256") or dset.sha256()
+    records = []
+    for key in keys:
+        with PhaseMeter(device) as meter:
+            result = protocol.evaluate(dset, spec, test, key["arch"], key["eval_seed"], device)
+        record = {**key, "acc_last": result.acc_last, "acc_best": result.acc_best, "best_epoch": result.best_epoch,
+                  **info, "protocol_version": protocol.card.get("version", 1), "protocol_config": protocol.card,
+                  "distilled_sha256": sha, "distilled_path": str(dset.provenance.get("path", "")),
+                  "code_version": code_version(), "device": device_name(device), "hardware": hardware_info(device),
+                  "timings": {**phases["timings"], "evaluate": result.seconds},
+                  "peak_mem": {**phases["peak_mem"], "evaluate": max(result.peak_mem_mb, meter.peak_mb)},
+                  "curve": result.curve, "extra": result.extra}
+        store.add(record)
+        records.append(record)
+        log(f"{key['arch']} eval-seed {key['eval_seed']}: last {result.acc_last:.2f}%  best {result.acc_best:.2f}%")
+    return records
+
+
+def evaluate_folder(path: Path, dataset: str, name: str | None, protocol_name: str | None, archs, eval_seeds,
+                    protocol_overrides: dict, out: Path, device: str, options: dict, log=print) -> list[dict]:
+    """Score an existing folder of distilled images (a ddbench set or any ImageFolder) and record it."""
+    spec = get_dataset(dataset, imagenet_root=options.get("imagenet_root"), data_root=options.get("data_root"))
+    protocol_name = protocol_name or default_protocol(spec)
+    protocol = load_protocol(protocol_name, protocol_overrides)
+    dev = resolve_device(device)
+    dset = DistilledSet.load(path, classes=spec.classes, size=spec.resolution)
+    dset.provenance["path"] = str(path)
+    cache_dir = Path(options.get("cache_dir") or default_cache_dir())
+    test = load_split(spec, "test", cache_dir=cache_dir / "data")
+    method = name or f"external:{Path(path).resolve().name}"
+    keys = [dict(method=method, dataset=spec.name, ipc=dset.ipc, seed=0, protocol=protocol_name, arch=a, eval_seed=e)
+            for a in (archs or [protocol.card["arch"]]) for e in eval_seeds]
+    with ResultStore(Path(out) / "results.db") as store:
+        done = [r for k in keys for r in store.query(**k)]
+        todo = [k for k in keys if not store.has(k)]
+        info = {"method_version": 0, "method_config": {"external_path": str(path)}}
+        phases = {"timings": {}, "peak_mem": {}}
+        return done + evaluate_cells(dset, spec, protocol, todo, store, test, dev, info, phases, log)
+
+
+def _distilled_set(method, ctx, req, spec, seed, out, prepared, log):
+    """Load the cached set for (method config, ipc, seed) or produce and save it. Returns (set, phase stats)."""
+    folder = (out / "distilled" / method.name / spec.name.replace(":", "_").replace("/", "_") /
+              f"ipc{req.ipc}-seed{seed}-{method.distill_key(req.ipc, seed)}")
+    if (folder / MANIFEST).exists():
+        try:
+            dset = DistilledSet.load(folder)
+            log(f"seed {seed}: reusing distilled set {folder}")
+            dset.provenance["path"] = str(folder)
+            return dset, {"timings": dset.provenance.get("phase_seconds", {}),
+                          "peak_mem": dset.provenance.get("phase_peak_mb", {})}
+        except DataError as e:
+            log(f"seed {seed}: cached set unusable ({e}); distilling again")
+    timings, peaks = {}, {}
+    if "done" not in prepared:
+        with PhaseMeter(ctx.device) as m:
+            method.prepare(ctx)
+        prepared["done"] = True
+        timings["prepare"], peaks["prepare"] = m.seconds, m.peak_mb
+    with PhaseMeter(ctx.device) as m:
+        dset = method.distill(ctx, req.ipc, seed)
+    timings["distill"], peaks["distill"] = m.seconds, m.peak_mb
+    dset.provenance.update({"phase_seconds": timings, "phase_peak_mb": peaks, "dataset": spec.name,
+                            "code_version": code_version()})
+    dset.provenance["sha256"] = dset.save(folder)
+    dset.provenance["path"] = str(folder)
+    log(f"seed {seed}: distilled {len(dset)} images in {m.seconds:.1f}s -> {folder}")
+    return dset, {"timings": timings, "peak_mem": peaks}

@@ -1,0 +1,121 @@
+"""Selection baselines: real images chosen per class (random, first-n, herding, k-center).
+
+- `random`: seeded uniform sampling without replacement, per class (what "random" should mean).
+- `first-n`: the IDC/Minimax/MGD³ "random" rule: the first N files per class in lexicographic order
+  (protocol-facts §2.1) — deterministic, kept under its own name so the two are never confused.
+- `herding` / `kcenter`: greedy per class in the feature space of a network trained on the real training
+  set (dc-protocol "coreset baselines"; IDC's herding uses ResNetAP-10 on ImageNet subsets, §4.6). The
+  network is trained once per (dataset, arch, recipe) and cached.
+"""
+from __future__ import annotations
+
+import time
+
+import torch
+
+from ddbench.distilled import DistilledSet
+from ddbench.errors import ConfigError
+from ddbench.method import Context, Method
+
+
+# ---------------------------------------------------------------------- greedy selection rules
+def herding_order(feats: torch.Tensor, k: int) -> list[int]:
+    """Welling's herding: at step j pick the unused point closest to (j+1)·μ − Σ selected.  feats: n×d."""
+    mu = feats.mean(0)
+    chosen: list[int] = []
+    total = torch.zeros_like(mu)
+    available = torch.ones(len(feats), dtype=torch.bool)
+    for j in range(k):
+        target = (j + 1) * mu - total
+        dist = (feats - target).norm(dim=1).masked_fill(~available, float("inf"))
+        i = int(dist.argmin())
+        chosen.append(i)
+        total += feats[i]
+        available[i] = False
+    return chosen
+
+
+def kcenter_order(feats: torch.Tensor, k: int, first: int) -> list[int]:
+    """k-center greedy: start at `first`, then repeatedly add the point farthest from its nearest centre."""
+    chosen = [first]
+    nearest = (feats - feats[first]).norm(dim=1)
+    for _ in range(k - 1):
+        i = int(nearest.argmax())
+        chosen.append(i)
+        nearest = torch.minimum(nearest, (feats - feats[i]).norm(dim=1))
+    return chosen
+
+
+def per_class_indices(labels: torch.Tensor, num_classes: int, ipc: int) -> list[torch.Tensor]:
+    """Indices of each class, checking the class has at least `ipc` images."""
+    out = []
+    for c in range(num_classes):
+        idx = (labels == c).nonzero().flatten()
+        if len(idx) < ipc:
+            raise ConfigError(f"class {c} has only {len(idx)} training images, fewer than --ipc {ipc}; "
+                              f"choose an IPC of at most {len(idx)}")
+        out.append(idx)
+    return out
+
+
+# ---------------------------------------------------------------------- adapters
+class _Selection(Method):
+    """Shared distill(): pick indices per class, then copy those real images."""
+
+    def select(self, ctx: Context, idx: torch.Tensor, ipc: int, gen: torch.Generator) -> torch.Tensor:
+        raise NotImplementedError
+
+    def distill(self, ctx: Context, ipc: int, seed: int) -> DistilledSet:
+        t0 = time.perf_counter()
+        train = ctx.train()
+        gen = torch.Generator().manual_seed(seed)
+        picked = [idx[self.select(ctx, idx, ipc, gen)] for idx in
+                  per_class_indices(train.labels, len(ctx.spec.classes), ipc)]
+        picked = torch.cat(picked)
+        prov = {"method": self.name, "version": self.version, "seed": seed, "ipc": ipc, "config": self.cfg,
+                "source_ids": [train.ids[i] for i in picked.tolist()],
+                "timings": {"distill": time.perf_counter() - t0}}
+        return DistilledSet(train.images[picked].clone(), train.labels[picked].clone(), ctx.spec.classes, prov)
+
+
+class RandomSelection(_Selection):
+    """Seeded uniform sampling without replacement, per class."""
+
+    def select(self, ctx, idx, ipc, gen):
+        return torch.randperm(len(idx), generator=gen)[:ipc]
+
+
+class FirstN(_Selection):
+    """The IDC rule: the first N images per class in lexicographic id order (ignores the seed)."""
+
+    def select(self, ctx, idx, ipc, gen):
+        train = ctx.train()
+        ids = [train.ids[i] for i in idx.tolist()]
+        order = sorted(range(len(ids)), key=ids.__getitem__)
+        return torch.tensor(order[:ipc])
+
+
+class _FeatureSelection(_Selection):
+    """Herding / k-center: greedy in the feature space of a network trained on the real train split."""
+
+    defaults = {"feature_arch": "convnet3", "feature_recipe": {}}
+
+    def features(self, ctx: Context) -> torch.Tensor:
+        from ddbench.features import real_features
+
+        return real_features(ctx, self.cfg["feature_arch"], self.cfg["feature_recipe"])
+
+    def distill(self, ctx, ipc, seed):
+        self._feats = self.features(ctx)
+        return super().distill(ctx, ipc, seed)
+
+
+class Herding(_FeatureSelection):
+    def select(self, ctx, idx, ipc, gen):
+        return torch.tensor(herding_order(self._feats[idx], ipc))
+
+
+class KCenter(_FeatureSelection):
+    def select(self, ctx, idx, ipc, gen):
+        first = int(torch.randint(len(idx), (1,), generator=gen))  # DeepCore starts from one random point
+        return torch.tensor(kcenter_order(self._feats[idx], ipc, first))

@@ -1,0 +1,99 @@
+"""Registry, configuration and distilled-set I/O."""
+import json
+
+import pytest
+import torch
+
+from ddbench.config import apply_overrides, config_hash, parse_overrides
+from ddbench.distilled import DistilledSet
+from ddbench.errors import ConfigError, DataError
+from ddbench.registry import Registry
+
+
+def test_registry_lazy_targets_duplicates_and_suggestions():
+    reg = Registry("method")
+    reg.register("herding", "ddbench.config:config_hash")
+    assert reg.get("herding") is config_hash
+    with pytest.raises(ValueError):
+        reg.register("herding", "x:y")
+    with pytest.raises(ConfigError, match="Did you mean herding"):
+        reg.get("hearding")
+
+
+def test_overrides_parse_types_and_reject_unknown_keys():
+    over = parse_overrides(["epochs=5", "opt.lr=0.1", "archs=[a, b]", "name=x"])
+    assert over == {"epochs": 5, "opt": {"lr": 0.1}, "archs": ["a", "b"], "name": "x"}
+    cfg = apply_overrides({"epochs": 300, "opt": {"lr": 0.01, "wd": 5e-4}, "archs": [], "name": ""}, over)
+    assert cfg["opt"] == {"lr": 0.1, "wd": 5e-4}
+    with pytest.raises(ConfigError, match="Did you mean epochs"):
+        apply_overrides({"epochs": 1}, {"epoch": 2})
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_overrides(["epochs"])
+
+
+def test_config_hash_ignores_key_order():
+    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
+    assert config_hash({"a": 1}) != config_hash({"a": 2})
+
+
+def _toy_set(seed=0, channels=3):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (6, channels, 8, 8), generator=g, dtype=torch.uint8)
+    return DistilledSet(images, torch.tensor([0, 0, 1, 1, 2, 2]), ("n01", "n02", "n03"), {"method": "toy"})
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_distilled_set_round_trip_is_lossless(tmp_path, channels):
+    dset = _toy_set(channels=channels)
+    digest = dset.save(tmp_path / "set")
+    assert sorted(p.name for p in (tmp_path / "set").iterdir()) == ["manifest.json", "n01", "n02", "n03"]
+    back = DistilledSet.load(tmp_path / "set")
+    assert torch.equal(back.images, dset.images) and torch.equal(back.labels, dset.labels)
+    assert back.sha256() == digest and back.ipc == 2
+    assert _toy_set(seed=1).sha256() != digest
+
+
+def test_tampered_file_is_detected(tmp_path):
+    _toy_set().save(tmp_path / "set")
+    (tmp_path / "set" / "n02" / "0.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="sha256"):
+        DistilledSet.load(tmp_path / "set")
+
+
+def test_foreign_imagefolder_uses_the_given_class_order(tmp_path):
+    dset = _toy_set()
+    dset.save(tmp_path / "set")
+    (tmp_path / "set" / "manifest.json").unlink()
+    back = DistilledSet.load(tmp_path / "set", classes=("n03", "n01", "n02"))
+    # folder n03 now has label 0: the class list, not the sorted folders, defines labels
+    assert back.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert torch.equal(back.images[:2], dset.images[4:])
+    with pytest.raises(DataError, match="not in the dataset's class list"):
+        DistilledSet.load(tmp_path / "set", classes=("n01", "n02"))
+
+
+def test_vico_tensor_import(tmp_path):
+    images = torch.randn(4, 3, 8, 8)
+    torch.save({"data": [[images, torch.tensor([0, 1, 0, 1])]]}, tmp_path / "res.pt")
+    dset = DistilledSet.from_tensors(tmp_path / "res.pt", ("a", "b"))
+    assert dset.images.dtype == torch.uint8 and dset.labels.tolist() == [0, 1, 0, 1]
+    assert int(dset.images[0].max()) == 255 and int(dset.images[0].min()) == 0
+
+
+def test_atomic_save_leaves_no_partial_set(tmp_path, monkeypatch):
+    dset = _toy_set()
+    import ddbench.distilled as mod
+
+    calls = {"n": 0}
+    real = mod._png
+
+    def failing(img):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("killed")
+        return real(img)
+
+    monkeypatch.setattr(mod, "_png", failing)
+    with pytest.raises(RuntimeError):
+        dset.save(tmp_path / "set")
+    assert list(tmp_path.iterdir()) == []  # neither the set nor a temporary folder remains
