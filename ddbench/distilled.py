@@ -113,7 +113,7 @@ class DistilledSet:
     # ------------------------------------------------------------------ reading
     @classmethod
     def load(cls, path: str | os.PathLike, classes: tuple[str, ...] | None = None,
-             size: int | None = None) -> "DistilledSet":
+             size: int | None = None, channels: int | None = None) -> "DistilledSet":
         """Read a ddbench set (verifying every file's sha256) or any ImageFolder of images.
 
         For a foreign ImageFolder, `classes` gives the label order (e.g. a dataset's wnid list); without it the
@@ -124,7 +124,7 @@ class DistilledSet:
             raise DataError(f"distilled set {path} does not exist or is not a folder")
         if (path / MANIFEST).exists():
             return _load_manifest(path)
-        return _load_imagefolder(path, classes, size)
+        return _load_imagefolder(path, classes, size, channels)
 
     @classmethod
     def from_tensors(cls, path: str | os.PathLike, classes: tuple[str, ...]) -> "DistilledSet":
@@ -162,25 +162,18 @@ def _png(img: torch.Tensor) -> bytes:
 
 
 def _read_image(file: Path, channels: int | None, size: int | None) -> torch.Tensor:
+    """uint8 C×H×W; `size` resizes (shorter side) and centre-crops like the dataset decoder."""
+    if size is not None:
+        from .data.images import decode_file
+
+        return decode_file(file, size, channels or 3)
     try:
         with Image.open(file) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            if size is not None:
-                im = _resize_center(im, size)
-            arr = np.asarray(im)
+            arr = np.asarray(im.convert("L" if channels == 1 else "RGB"))
     except Exception as e:  # PIL raises many types for corrupt files
         raise DataError(f"cannot read image {file}: {e}. Remove or replace the file.") from None
     t = torch.from_numpy(arr.copy())
     return t[None] if t.dim() == 2 else t.permute(2, 0, 1)
-
-
-def _resize_center(im: Image.Image, size: int) -> Image.Image:
-    w, h = im.size
-    s = size / min(w, h)
-    im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
-    w, h = im.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return im.crop((left, top, left + size, top + size))
 
 
 def _load_manifest(path: Path) -> DistilledSet:
@@ -200,19 +193,20 @@ def _load_manifest(path: Path) -> DistilledSet:
     return DistilledSet(torch.stack(images), torch.tensor(labels), tuple(m["classes"]), m.get("provenance", {}), soft)
 
 
-def _load_imagefolder(path: Path, classes, size) -> DistilledSet:
+def _load_imagefolder(path: Path, classes, size, channels) -> DistilledSet:
     folders = sorted(p.name for p in path.iterdir() if p.is_dir())
     if classes is None:
         classes = tuple(folders)
-    unknown = [f for f in folders if f not in classes]
+    unknown = [f for f in folders if f not in {_safe(c) for c in classes}]
     if unknown:
         raise DataError(f"{path} has class folders not in the dataset's class list: {unknown[:5]} "
                         f"({len(unknown)} in all). Expected folder names like {list(classes[:3])}.")
     images, labels = [], []
     for label, name in enumerate(classes):
-        files = sorted(f for f in (path / name).glob("*") if f.suffix.lower() in IMAGE_EXTS) if (path / name).is_dir() else []
+        folder = path / _safe(name)
+        files = sorted(f for f in folder.glob("*") if f.suffix.lower() in IMAGE_EXTS) if folder.is_dir() else []
         for f in files:
-            images.append(_read_image(f, None, size))
+            images.append(_read_image(f, channels, size))
             labels.append(label)
     if not images:
         raise DataError(f"{path} holds no images in class folders {list(classes[:3])}…")

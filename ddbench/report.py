@@ -38,12 +38,18 @@ def print_listing(what: str, console: Console | None = None) -> None:
             card = method_card(name)
             table.add_row(name, str(card.get("version", "")), card.get("kind", ""), " ".join(str(card.get("description", "")).split())[:90])
     elif what == "datasets":
-        from .data import DATASETS, describe_dataset
+        from .data import DATASETS, get_dataset
+        from .errors import DDBenchError
 
         for col in ("name", "classes", "resolution", "source"):
             table.add_column(col)
         for name in DATASETS.names():
-            table.add_row(*describe_dataset(name))
+            try:
+                spec = get_dataset(name)
+                table.add_row(name, str(len(spec.classes)), f"{spec.resolution} px", str(spec.root or "built in"))
+            except DDBenchError as e:  # data not present here: say what is needed
+                table.add_row(name, "", "", f"[dim]{str(e).split(':')[0]}[/dim]")
+        table.add_row("imagefolder:<path>", "", "", "any <path>/train/<class>/ + <path>/test/<class>/ tree")
     elif what == "protocols":
         from .protocol import list_protocols, load_protocol
 

@@ -166,7 +166,7 @@ def evaluate_folder(path: Path, dataset: str, name: str | None, protocol_name: s
     protocol_name = protocol_name or default_protocol(spec)
     protocol = load_protocol(protocol_name, protocol_overrides)
     dev = resolve_device(device)
-    dset = DistilledSet.load(path, classes=spec.classes, size=spec.resolution)
+    dset = DistilledSet.load(path, classes=spec.classes, size=spec.resolution, channels=spec.channels)
     dset.provenance["path"] = str(path)
     cache_dir = Path(options.get("cache_dir") or default_cache_dir())
     test = load_split(spec, "test", cache_dir=cache_dir / "data")
