@@ -1,0 +1,87 @@
+"""The image autoencoder of latent DiT: a diffusers AutoencoderKL (`sd-vae-ft-mse` / `-ema`) from a local
+folder, with the DiT conventions: pixels in [−1, 1], latents scaled by 0.18215."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ddbench.diffusion.load import resolve_weights_path
+from ddbench.diffusion.sampler import randn
+from ddbench.errors import ConfigError, DataError
+
+LATENT_SCALE = 0.18215  # hard-coded in DiT / Minimax / MGD³ (the SD VAE's config scaling_factor)
+VAE_ENV, VAE_FLAG, VAE_CARD_KEY = "DDBENCH_VAE", "--vae", "vae"
+
+
+class VAE:
+    """encode: N×3×H×W in [−1, 1] -> N×4×H/8×W/8 scaled latents; decode: the inverse."""
+
+    def __init__(self, model, scale: float = LATENT_SCALE):
+        self.model, self.scale = model.eval(), scale
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, mode: str = "mean", generator: torch.Generator | None = None,
+               batch_size: int | None = None) -> torch.Tensor:
+        """mode "mean": the posterior mean (MGD³ mode discovery); "sample": mean + std·z with z drawn from
+        `generator` (DiT / Minimax training), on the generator's device then moved."""
+        if mode not in ("mean", "sample"):
+            raise ConfigError(f"VAE encode mode {mode!r} is unknown; expected 'mean' or 'sample'")
+        if mode == "sample" and generator is None:
+            raise ConfigError("VAE encode mode 'sample' needs an explicit torch.Generator")
+        out = []
+        for chunk in _chunks(x, batch_size):
+            dist = self.model.encode(chunk.to(self.device, self.dtype)).latent_dist
+            z = dist.mean
+            if mode == "sample":
+                z = z + dist.std * randn(z.shape, generator, z.device, z.dtype)
+            out.append(z.float() * self.scale)
+        return torch.cat(out)
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
+        """Scaled latents -> images in [−1, 1] (float32, not clamped: `to_uint8` clamps)."""
+        chunks = _chunks(z, batch_size)
+        return torch.cat([self.model.decode(c.to(self.device, self.dtype) / self.scale).sample.float() for c in chunks])
+
+
+def _chunks(x: torch.Tensor, batch_size: int | None):
+    return [x] if not batch_size else list(x.split(batch_size))
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[−1, 1] images -> uint8 N×C×H×W, rounding as torchvision's save_image(normalize, value_range=(−1, 1))."""
+    x = ((x.float().clamp(-1, 1) + 1) / 2).mul(255).add(0.5).clamp(0, 255)
+    return x.to(torch.uint8)
+
+
+def from_uint8(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float in [−1, 1] (DiT's Normalize(mean 0.5, std 0.5))."""
+    return x.float().div(255).sub(0.5).div(0.5)
+
+
+def load_vae(path=None, device="cpu", dtype=torch.float32) -> VAE:
+    """An AutoencoderKL from a local diffusers folder (a VAE folder, or a pipeline folder with `vae/`);
+    path None -> $DDBENCH_VAE."""
+    path = resolve_weights_path(path, what="VAE (AutoencoderKL folder)", flag=VAE_FLAG, env=VAE_ENV,
+                                card_key=VAE_CARD_KEY)
+    folder = path / "vae" if (path / "vae" / "config.json").exists() else path
+    if not (Path(folder) / "config.json").exists():
+        raise DataError(f"{path} is not a diffusers AutoencoderKL folder (no config.json); give the folder "
+                        "of e.g. stabilityai/sd-vae-ft-mse saved with save_pretrained")
+    from diffusers import AutoencoderKL
+
+    try:
+        model = AutoencoderKL.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype)
+    except Exception as e:  # noqa: BLE001 - any failure means an unusable folder
+        raise DataError(f"cannot load the AutoencoderKL in {folder}: {type(e).__name__}: {e}") from e
+    return VAE(model.to(device))
