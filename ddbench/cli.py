@@ -169,14 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     parser, handlers = build_parser()
     args = parser.parse_args(argv)
     try:
-        handlers[args.command](args)
+        code = handlers[args.command](args)
     except DDBenchError as e:
         print(f"ddbench: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ddbench: interrupted; finished work is kept and will be reused", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -99,6 +99,23 @@ def check_ipc(spec, ipc: int, method_kind: str) -> None:
                           f"images); choose --ipc {smallest} or less")
 
 
+def default_arch(protocol, spec) -> str:
+    """The protocol card's network, or the one its family picks for this kind of dataset (soft protocols)."""
+    arch = protocol.card.get("arch") or (protocol.arch_for(spec) if hasattr(protocol, "arch_for") else None)
+    if not arch:
+        raise ConfigError(f"protocol {protocol.card.get('name')} names no default network; pass --arch")
+    return arch
+
+
+def check_archs(archs: list[str]) -> None:
+    """Fail on an unknown network before anything is distilled (timm names are checked when built)."""
+    from .nets import ARCHS
+
+    for arch in archs:
+        if not arch.startswith("timm:"):
+            ARCHS.get(arch)
+
+
 def run(req: RunRequest, progress=None, log=print) -> list[dict]:
     """Execute a run request; returns the result records it produced or found in the store."""
     spec = get_dataset(req.dataset, imagenet_root=req.options.get("imagenet_root"),
@@ -107,7 +124,8 @@ def run(req: RunRequest, progress=None, log=print) -> list[dict]:
     check_ipc(spec, req.ipc, method.card.get("kind", ""))
     protocol_name = req.protocol or default_protocol(spec)
     protocol = load_protocol(protocol_name, req.protocol_overrides)
-    archs = req.archs or [protocol.card["arch"]]
+    archs = req.archs or [default_arch(protocol, spec)]
+    check_archs(archs)
     device = resolve_device(req.device)
     out = Path(req.out)
     store = ResultStore(out / "results.db")
@@ -130,7 +148,7 @@ def run(req: RunRequest, progress=None, log=print) -> list[dict]:
         if not todo:
             log(f"seed {seed}: all {len(keys)} evaluations already recorded in {store.path}; skipping")
             continue
-        dset, phases = _distilled_set(method, ctx, req, spec, seed, out, prepared, log)
+        dset, phases = distilled_set(method, ctx, req, spec, seed, out, prepared, log)
         if test is None:
             test = load_split(spec, "test", cache_dir=cache_dir / "data")
         info = {"method_version": method.version, "method_config": method.cfg}
@@ -165,6 +183,8 @@ def evaluate_folder(path: Path, dataset: str, name: str | None, protocol_name: s
     spec = get_dataset(dataset, imagenet_root=options.get("imagenet_root"), data_root=options.get("data_root"))
     protocol_name = protocol_name or default_protocol(spec)
     protocol = load_protocol(protocol_name, protocol_overrides)
+    archs = archs or [default_arch(protocol, spec)]
+    check_archs(archs)
     dev = resolve_device(device)
     dset = DistilledSet.load(path, classes=spec.classes, size=spec.resolution, channels=spec.channels)
     dset.provenance["path"] = str(path)
@@ -172,7 +192,7 @@ def evaluate_folder(path: Path, dataset: str, name: str | None, protocol_name: s
     test = load_split(spec, "test", cache_dir=cache_dir / "data")
     method = name or f"external:{Path(path).resolve().name}"
     keys = [dict(method=method, dataset=spec.name, ipc=dset.ipc, seed=0, protocol=protocol_name, arch=a, eval_seed=e)
-            for a in (archs or [protocol.card["arch"]]) for e in eval_seeds]
+            for a in archs for e in eval_seeds]
     with ResultStore(Path(out) / "results.db") as store:
         done = [r for k in keys for r in store.query(**k)]
         todo = [k for k in keys if not store.has(k)]
@@ -181,10 +201,14 @@ def evaluate_folder(path: Path, dataset: str, name: str | None, protocol_name: s
         return done + evaluate_cells(dset, spec, protocol, todo, store, test, dev, info, phases, log)
 
 
-def _distilled_set(method, ctx, req, spec, seed, out, prepared, log):
+def distilled_folder(out: Path, method: str, dataset: str, ipc: int, seed: int, key: str) -> Path:
+    """Where the set of (method config `key`, dataset, ipc, seed) is kept under a run directory."""
+    return Path(out) / "distilled" / method / dataset.replace(":", "_").replace("/", "_") / f"ipc{ipc}-seed{seed}-{key}"
+
+
+def distilled_set(method, ctx, req, spec, seed, out, prepared, log):
     """Load the cached set for (method config, ipc, seed) or produce and save it. Returns (set, phase stats)."""
-    folder = (out / "distilled" / method.name / spec.name.replace(":", "_").replace("/", "_") /
-              f"ipc{req.ipc}-seed{seed}-{method.distill_key(req.ipc, seed)}")
+    folder = distilled_folder(out, method.name, spec.name, req.ipc, seed, method.distill_key(req.ipc, seed))
     if (folder / MANIFEST).exists():
         try:
             dset = DistilledSet.load(folder)

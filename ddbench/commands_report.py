@@ -1,0 +1,169 @@
+"""Commands that publish and guard results: leaderboard, plot, grid, regress (importing registers them)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from .cli import add_data_options, command, options_of
+from .errors import ConfigError
+
+
+# ---------------------------------------------------------------------- reading results
+def add_source_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", default="runs", help="run directory holding results.db (default: runs)")
+    p.add_argument("--jsonl", nargs="+", action="extend", default=[], metavar="FILE",
+                   help="read records from JSONL exports instead of --out (e.g. --jsonl leaderboards/raw/*.jsonl)")
+    p.add_argument("--dataset", nargs="+", default=None, help="only these datasets")
+    p.add_argument("--protocol", nargs="+", default=None, help="only these protocol cards")
+    p.add_argument("--metric", choices=["last", "best"], default="last",
+                   help="last: accuracy after the last epoch (honest, default); best: best test epoch (paper-compatible)")
+
+
+def load_records(args) -> list[dict]:
+    """Records matching --dataset/--protocol, from JSONL files (merged in a temporary store) or --out."""
+    from .store import ResultStore
+
+    filters = {k: v for k, v in (("dataset", args.dataset), ("protocol", args.protocol)) if v}
+    if args.jsonl:
+        with tempfile.TemporaryDirectory(prefix="ddbench-lb-") as tmp, ResultStore(Path(tmp) / "results.db") as store:
+            for file in args.jsonl:  # import validates every record; the same record twice is merged, not doubled
+                result = store.import_jsonl(file)
+                if result.conflicts:
+                    raise ConfigError(f"{file}: {len(result.conflicts)} record(s) conflict with records of an earlier "
+                                      f"--jsonl file (same key, other numbers); publish one of them")
+            return store.query(**filters)
+    db = Path(args.out) / "results.db"
+    if not db.exists():
+        raise ConfigError(f"no results store at {db}: run `ddbench run ... --out {args.out}` first, "
+                          "point --out at a run directory, or read an export with --jsonl FILE")
+    with ResultStore(db) as store:
+        return store.query(**filters)
+
+
+def write_text(text: str, output: str | None) -> None:
+    if output is None:
+        sys.stdout.write(text)
+        return
+    try:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(text, encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot write {output}: {e.strerror or e}") from None
+    print(f"wrote {output}", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------- commands
+@command("leaderboard", "tables in the papers' layout from the results store (one per dataset × protocol)")
+def cmd_leaderboard(p: argparse.ArgumentParser):
+    add_source_options(p)
+    p.add_argument("--format", choices=["md", "csv", "html"], default="md")
+    p.add_argument("--reported", action="store_true", help="add the papers' numbers from the method cards")
+    p.add_argument("--output", default=None, help="write to FILE instead of stdout")
+
+    def handler(args):
+        from .leaderboard import RENDERERS, build_tables, load_reported
+
+        records = load_records(args)
+        pairs = {(r["dataset"], r["protocol"]) for r in records}
+        if args.reported:  # datasets asked for but not run yet still show the papers' numbers
+            pairs |= {(d, pr) for d in args.dataset or [] for pr in args.protocol or []}
+        tables = build_tables(records, args.metric, load_reported(pairs) if args.reported else None)
+        if not tables:
+            raise ConfigError("no results match these filters; nothing to tabulate (check --out/--jsonl, "
+                              "--dataset and --protocol)")
+        write_text(RENDERERS[args.format](tables, command=_leaderboard_command(args)), args.output)
+    return handler
+
+
+def _leaderboard_command(args) -> str:
+    """The command line that regenerates a table, written into its header."""
+    parts = ["ddbench leaderboard"]
+    parts += [f"--jsonl {' '.join(args.jsonl)}"] if args.jsonl else ([f"--out {args.out}"] if args.out != "runs" else [])
+    for flag, values in (("--dataset", args.dataset), ("--protocol", args.protocol)):
+        if values:
+            parts.append(f"{flag} {' '.join(values)}")
+    if args.metric != "last":
+        parts.append(f"--metric {args.metric}")
+    if args.reported:
+        parts.append("--reported")
+    if args.format != "md":
+        parts.append(f"--format {args.format}")
+    return " ".join(parts)
+
+
+@command("plot", "accuracy against IPC, or against distillation time, per method and network")
+def cmd_plot(p: argparse.ArgumentParser):
+    add_source_options(p)
+    p.add_argument("--kind", choices=["ipc", "time"], default="ipc")
+    p.add_argument("--output", required=True, help="PNG file to write")
+
+    def handler(args):
+        from .plots import PLOTS
+
+        w, h = PLOTS[args.kind](load_records(args), args.output, args.metric)
+        print(f"wrote {args.output} ({w}×{h} px)")
+    return handler
+
+
+@command("grid", "PNG grid of a distilled set: one row per class")
+def cmd_grid(p: argparse.ArgumentParser):
+    p.add_argument("path", help="a distilled set folder (ddbench's, or any ImageFolder)")
+    p.add_argument("--output", default=None, help="PNG file (default: <path>-grid.png next to the folder)")
+    p.add_argument("--max-per-class", type=int, default=10)
+    p.add_argument("--cell", type=int, default=None, help="cell side in px (default: images enlarged to ≥ 64)")
+
+    def handler(args):
+        from .plots import save_grid
+
+        path = Path(args.path)
+        output = args.output or str(path.with_name(path.name + "-grid.png"))
+        w, h = save_grid(path, output, args.max_per_class, args.cell)
+        print(f"wrote {output} ({w}×{h} px)")
+    return handler
+
+
+@command("regress", "re-run the cells of a baseline file; exit 1 when a mean moved beyond its tolerance")
+def cmd_regress(p: argparse.ArgumentParser):
+    p.add_argument("--baseline", required=True, help="baseline JSON, e.g. leaderboards/baselines/cpu.json")
+    p.add_argument("--tolerance-sigma", type=float, default=None,
+                   help="K in max(floor, K·sqrt(σb²/nb + σ²/n)); default: the file's tolerance.sigma")
+    p.add_argument("--update", action="store_true", help="write the fresh numbers into the baseline file")
+    p.add_argument("--out", default=None, help="run directory (default: a fresh temporary one, kept and printed)")
+    add_data_options(p)
+
+    def handler(args):
+        from rich.console import Console
+
+        from .progress import progress_bar
+        from .regress import load_baseline, render, report_json, run_baseline, updated_baseline, write_baseline
+
+        baseline = load_baseline(args.baseline)
+        out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="ddbench-regress-"))
+        console = Console()
+        if not console.is_terminal:  # CI logs: wide enough that the table does not wrap
+            console = Console(width=160)
+        console.print(f"regress {args.baseline}: {len(baseline['cells'])} cell(s), run directory {out}")
+        with progress_bar() as progress:
+            results = run_baseline(baseline, out, args.device, options_of(args), args.tolerance_sigma, progress,
+                                   log=progress.console.print)
+        render(results, baseline.get("metric", "acc_last"), console, explain=not args.update)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "regress-report.json").write_text(json.dumps(report_json(results), indent=2) + "\n")
+        if args.update:
+            device = f" --device {args.device}" if args.device != "auto" else ""
+            command_line = f"ddbench regress --baseline {args.baseline}{device} --update"
+            write_baseline(args.baseline, updated_baseline(baseline, results, command_line))
+            console.print(f"updated {args.baseline} with the fresh numbers of {len(results)} cell(s)")
+            return
+        failed = [r for r in results if r.verdict.failed]
+        if failed:
+            console.print(f"[bold red]{len(failed)} of {len(results)} cell(s) moved or are stale[/]; "
+                          "see docs/regression.md")
+            return 1
+        console.print(f"[green]all {len(results)} cell(s) pass[/]"
+                      + (f" ({sum(r.verdict.status == 'record' for r in results)} recorded only)"
+                         if any(r.verdict.status == "record" for r in results) else ""))
+    return handler

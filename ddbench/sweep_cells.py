@@ -1,0 +1,178 @@
+"""The worker side of a sweep: distil one cell or evaluate one cell, in-process or inside a Ray task.
+
+`run_task(task) -> Outcome` never raises for a cell's own failure (a missing checkpoint, an IPC larger than a
+class, CUDA out of memory): the error comes back as one line, the traceback goes to the cell's log file
+`<out>/logs/<cell>.<phase>.log`. The work itself is the runner's (`distilled_set`, `evaluate_cells`), so a sweep
+cell and `ddbench run` produce the same sets, folders and records. Workers never write the results store: the
+evaluation record travels back to the driver, which alone adds it.
+"""
+from __future__ import annotations
+
+import re
+import socket
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import DDBenchError
+from .sweep import DistillCell, EvalCell
+
+
+@dataclass
+class Task:
+    kind: str                         # "distill" | "evaluate"
+    cell: DistillCell | EvalCell
+    out: str                          # absolute run directory, shared by every worker
+    options: dict                     # paths: imagenet_root, data_root, dit, vae, teacher, cache_dir
+    device: str = "auto"              # auto = cuda when this worker sees a GPU, else cpu
+    distilled: dict | None = None     # evaluate only: the value of the distillation's Outcome
+    world_size: int = 1               # evaluate only: > 1 = torch DDP over that many local GPUs (ddbench.ddp)
+    resources: dict | None = None     # {"gpus", "cpus"} this task reserves (Ray num_gpus / num_cpus)
+
+    @property
+    def id(self) -> str:
+        return self.cell.id
+
+
+@dataclass
+class Outcome:
+    id: str
+    kind: str
+    ok: bool
+    value: dict | None = None         # distill: path, sha256, phases, method_version, method_config; evaluate: record
+    error: str | None = None          # one line for people; the traceback is in `log`
+    seconds: float = 0.0
+    log: str | None = None
+
+
+class RecordSink:
+    """Stands in for the ResultStore in runner.evaluate_cells: keeps the records instead of writing them."""
+
+    def __init__(self):
+        self.records: list[dict] = []
+
+    def add(self, record: dict) -> bool:
+        self.records.append(record)
+        return True
+
+
+def log_path(out: str | Path, cell_id: str, kind: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9._=-]+", "_", cell_id)
+    return Path(out) / "logs" / f"{safe}.{kind}.log"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Entry point
+# ---------------------------------------------------------------------------------------------------------
+
+
+def run_task(task: Task) -> Outcome:
+    """Run one task; a failure of the cell itself is returned, not raised (KeyboardInterrupt still stops)."""
+    path = log_path(task.out, task.id, task.kind)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(path, "a", encoding="utf-8") as f:
+        def log(*parts):
+            f.write(f"{time.strftime('%H:%M:%S')} {' '.join(str(p) for p in parts)}\n")
+            f.flush()
+
+        log(f"{task.kind} {task.id} on {socket.gethostname()} (device {task.device}, world {task.world_size})")
+        try:
+            value = distill_cell(task, log) if task.kind == "distill" else evaluate_task(task, log)
+        except Exception as e:  # noqa: BLE001 - every failure of one cell is reported, the sweep goes on
+            f.write(traceback.format_exc())
+            msg = str(e) if isinstance(e, DDBenchError) else f"{type(e).__name__}: {e}"
+            return Outcome(task.id, task.kind, False, error=" ".join(msg.split()),
+                           seconds=time.perf_counter() - start, log=str(path))
+        log(f"done in {time.perf_counter() - start:.1f}s")
+    return Outcome(task.id, task.kind, True, value, seconds=time.perf_counter() - start, log=str(path))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Distil one cell
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _spec_and_cache(cell, options: dict):
+    from .data import get_dataset
+    from .method import default_cache_dir
+
+    spec = get_dataset(cell.dataset, imagenet_root=options.get("imagenet_root"), data_root=options.get("data_root"))
+    return spec, Path(options.get("cache_dir") or default_cache_dir())
+
+
+def distill_cell(task: Task, log) -> dict:
+    """Load the cached set of the cell or produce it (runner.distilled_set); returns what evaluations need."""
+    from .data import load_split
+    from .method import Context, load_method
+    from .runner import RunRequest, distilled_set, check_ipc, device_name, resolve_device
+
+    cell, out = task.cell, Path(task.out)
+    spec, cache_dir = _spec_and_cache(cell, task.options)
+    method = load_method(cell.method, spec.name, cell.method_overrides)
+    check_ipc(spec, cell.ipc, method.card.get("kind", ""))
+    device = resolve_device(task.device)
+    split = {}
+
+    def train():
+        if "train" not in split:
+            split["train"] = load_split(spec, "train", cache_dir=cache_dir / "data")
+        return split["train"]
+
+    ctx = Context(spec, device, cache_dir, train, None, task.options)
+    req = RunRequest(cell.method, cell.dataset, cell.ipc, seeds=[cell.seed], method_overrides=cell.method_overrides,
+                     out=out, device=task.device, options=task.options)
+    dset, phases = distilled_set(method, ctx, req, spec, cell.seed, out, {}, log)
+    return {"path": str(dset.provenance["path"]), "sha256": dset.provenance.get("sha256") or dset.sha256(),
+            "phases": phases, "method_version": method.version, "method_config": method.cfg, "images": len(dset),
+            "device": device_name(device)}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Evaluate one cell
+# ---------------------------------------------------------------------------------------------------------
+
+
+def evaluate_task(task: Task, log) -> dict:
+    """One evaluation; with world_size > 1, under torch DDP on that many local GPUs (rank 0's record)."""
+    if task.world_size > 1:
+        from .ddp import spawn
+
+        log(f"spawning {task.world_size} DDP ranks")
+        return spawn(_evaluate_rank, task.world_size, task)
+    return evaluate_cell(task, log)
+
+
+def _evaluate_rank(task: Task) -> dict:
+    path = log_path(task.out, task.id, "evaluate")
+    with open(path.with_suffix(f".rank{_rank()}.log"), "a", encoding="utf-8") as f:
+        return evaluate_cell(task, lambda *p: f.write(" ".join(map(str, p)) + "\n"))
+
+
+def _rank() -> int:
+    from .ddp import rank
+
+    return rank()
+
+
+def evaluate_cell(task: Task, log) -> dict:
+    """Score the distilled set of the cell's distillation with its protocol; returns the record (not stored)."""
+    from .data import load_split
+    from .distilled import DistilledSet
+    from .protocol import load_protocol
+    from .runner import evaluate_cells, resolve_device
+
+    cell, dist = task.cell, task.distilled
+    spec, cache_dir = _spec_and_cache(cell, task.options)
+    protocol = load_protocol(cell.protocol, cell.protocol_overrides)
+    device = resolve_device(task.device)
+    dset = DistilledSet.load(dist["path"])
+    dset.provenance["path"] = dist["path"]
+    test = load_split(spec, "test", cache_dir=cache_dir / "data")
+    info = {"method_version": dist["method_version"], "method_config": dist["method_config"]}
+    sink = RecordSink()
+    evaluate_cells(dset, spec, protocol, [cell.key()], sink, test, device, info, dist["phases"], log)
+    record = sink.records[0]
+    record["extra"] = {**(record.get("extra") or {}), "world_size": task.world_size}
+    return record
