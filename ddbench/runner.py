@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from . import ddp
 from .data import get_dataset, list_files, load_split
 from .distilled import MANIFEST, DistilledSet
 from .errors import ConfigError, DataError
@@ -118,6 +119,9 @@ def check_archs(archs: list[str]) -> None:
 
 def run(req: RunRequest, progress=None, log=print) -> list[dict]:
     """Execute a run request; returns the result records it produced or found in the store."""
+    distributed = ddp.setup()  # under torchrun: one process per GPU, rank 0 distils and writes the store
+    if distributed and not ddp.is_main():
+        log = lambda *_: None  # noqa: E731  (only rank 0 speaks)
     spec = get_dataset(req.dataset, imagenet_root=req.options.get("imagenet_root"),
                        data_root=req.options.get("data_root"))
     method = load_method(req.method, spec.name, req.method_overrides)
@@ -127,6 +131,8 @@ def run(req: RunRequest, progress=None, log=print) -> list[dict]:
     archs = req.archs or [default_arch(protocol, spec)]
     check_archs(archs)
     device = resolve_device(req.device)
+    if distributed and device.type == "cuda":
+        device = torch.device("cuda", ddp.env_world()[1])
     out = Path(req.out)
     store = ResultStore(out / "results.db")
     cache_dir = Path(req.options.get("cache_dir") or default_cache_dir())
@@ -148,9 +154,10 @@ def run(req: RunRequest, progress=None, log=print) -> list[dict]:
         if not todo:
             log(f"seed {seed}: all {len(keys)} evaluations already recorded in {store.path}; skipping")
             continue
-        dset, phases = distilled_set(method, ctx, req, spec, seed, out, prepared, log)
-        if test is None:
-            test = load_split(spec, "test", cache_dir=cache_dir / "data")
+        with ddp.main_first():  # rank 0 distils and saves; the other ranks then load the saved set
+            dset, phases = distilled_set(method, ctx, req, spec, seed, out, prepared, log)
+            if test is None:
+                test = load_split(spec, "test", cache_dir=cache_dir / "data")
         info = {"method_version": method.version, "method_config": method.cfg}
         records += evaluate_cells(dset, spec, protocol, todo, store, test, device, info, phases, log)
     store.close()
@@ -171,7 +178,8 @@ def evaluate_cells(dset, spec, protocol, keys, store, test, device, info, phases
                   "timings": {**phases["timings"], "evaluate": result.seconds},
                   "peak_mem": {**phases["peak_mem"], "evaluate": max(result.peak_mem_mb, meter.peak_mb)},
                   "curve": result.curve, "extra": result.extra}
-        store.add(record)
+        if ddp.is_main():
+            store.add(record)
         records.append(record)
         log(f"{key['arch']} eval-seed {key['eval_seed']}: last {result.acc_last:.2f}%  best {result.acc_best:.2f}%")
     return records
