@@ -136,6 +136,7 @@ def run(req: RunRequest, progress=None, log=print) -> list[dict]:
     out = Path(req.out)
     store = ResultStore(out / "results.db")
     cache_dir = Path(req.options.get("cache_dir") or default_cache_dir())
+    protocol.options = {"cache_dir": str(cache_dir), "teacher": req.options.get("teacher")}  # soft protocols' teacher
     train_split = {}
 
     def train():
@@ -197,6 +198,7 @@ def evaluate_folder(path: Path, dataset: str, name: str | None, protocol_name: s
     dset = DistilledSet.load(path, classes=spec.classes, size=spec.resolution, channels=spec.channels)
     dset.provenance["path"] = str(path)
     cache_dir = Path(options.get("cache_dir") or default_cache_dir())
+    protocol.options = {"cache_dir": str(cache_dir), "teacher": options.get("teacher")}
     test = load_split(spec, "test", cache_dir=cache_dir / "data")
     method = name or f"external:{Path(path).resolve().name}"
     keys = [dict(method=method, dataset=spec.name, ipc=dset.ipc, seed=0, protocol=protocol_name, arch=a, eval_seed=e)

@@ -1,0 +1,281 @@
+"""Teachers: classifiers trained on a dataset's real training split (or loaded from torchvision weights).
+
+They serve SRe2L / CUDD (model inversion needs BatchNorm running statistics), the soft-label protocols
+(the teacher labels every augmented crop) and the feature-space selection baselines (`ddbench.features`).
+
+    net = teacher_for(spec, "convnet3_bn", device, cache_dir, train_split)           # trained once, cached
+    net = teacher_for(spec, "resnet18_tv", device, cache_dir, train, path="rn18.pth")  # ImageNet-1K weights
+
+A trained teacher lives at `<cache>/teachers/<dataset>-<arch>-<hash of recipe>/`: `recipe.json` (the resolved
+recipe, the per-epoch training loss/accuracy, the time it took) and `weights.pt`. Training saves
+`checkpoint.pt` every `chunk_epochs` epochs (net, optimiser, generator state), so a killed run resumes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .augment import hflip, normalize, random_resized_crop, to_float
+from .config import config_hash
+from .errors import ConfigError, DataError
+from .nets import build_net
+from .train import build_optimizer, device_generator, lr_factor
+
+# ---------------------------------------------------------------------------------------------------------
+# Defaults: BatchNorm nets (the BN-statistics loss needs running statistics)
+# ---------------------------------------------------------------------------------------------------------
+
+DEFAULT_ARCH = {"embedded": "convnet3_bn", "imagenet": "resnet18_tv", "imagefolder": "resnet18_tv"}
+# Recipes are ddbench's choice: the reference teachers' recipes for subsets are not published (facts §3.3).
+RECIPES = {
+    "embedded": {"epochs": 10, "batch_size": 256, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9,
+                 "weight_decay": 5e-4, "schedule": "cosine", "augment": "none", "min_crop": 0.08,
+                 "input_size": None, "subset": None, "seed": 0, "chunk_epochs": 5},
+    "imagenet": {"epochs": 60, "batch_size": 128, "optimizer": "sgd", "lr": 0.05, "momentum": 0.9,
+                 "weight_decay": 1e-4, "schedule": "cosine", "augment": "rrc_flip", "min_crop": 0.08,
+                 "input_size": 224, "subset": None, "seed": 0, "chunk_epochs": 5},
+}
+AUGMENTS = ("none", "flip", "rrc_flip")
+
+
+def default_arch(spec) -> str:
+    return DEFAULT_ARCH.get(spec.kind, "resnet18_tv")
+
+
+def resolve_recipe(spec, cfg: dict | None) -> dict:
+    """The kind's default recipe with `cfg` merged in; unknown keys are refused."""
+    base = dict(RECIPES["embedded" if spec.kind == "embedded" else "imagenet"])
+    for k, v in (cfg or {}).items():
+        if k not in base:
+            raise ConfigError(f"teacher recipe has no key {k!r}; known keys: {', '.join(sorted(base))}")
+        base[k] = v
+    if base["augment"] not in AUGMENTS:
+        raise ConfigError(f"teacher recipe augment={base['augment']!r}; expected one of {', '.join(AUGMENTS)}")
+    if base["input_size"] is None:
+        base["input_size"] = spec.resolution
+    return base
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Input pipeline: uint8 images -> normalised network input at the recipe's size
+# ---------------------------------------------------------------------------------------------------------
+
+
+def teacher_input(images_u8: torch.Tensor, spec, size: int) -> torch.Tensor:
+    """Deterministic view: [0, 1] floats resized (bilinear, antialiased) to size×size, then normalised."""
+    x = to_float(images_u8)
+    if x.shape[-1] != size or x.shape[-2] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return normalize(x, spec.mean, spec.std)
+
+
+def _train_augment(recipe: dict, spec) -> Callable:
+    size = int(recipe["input_size"])
+
+    def aug(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:  # x: N×C×H×W in [0, 1]
+        if recipe["augment"] == "rrc_flip":
+            x = random_resized_crop(x, size, g, scale=(float(recipe["min_crop"]), 1.0))
+        elif x.shape[-1] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        if recipe["augment"] in ("flip", "rrc_flip"):
+            x = hflip(x, g)
+        return normalize(x, spec.mean, spec.std)
+
+    return aug
+
+
+@torch.no_grad()
+def predict(net: nn.Module, images_u8: torch.Tensor, spec, device, size: int | None = None,
+            batch_size: int = 512) -> torch.Tensor:
+    """Logits (N×K float32, CPU) of uint8 images under the deterministic view."""
+    net.eval()
+    size = size or images_u8.shape[-1]
+    out = [net(teacher_input(images_u8[i:i + batch_size].to(device), spec, size)).float().cpu()
+           for i in range(0, len(images_u8), batch_size)]
+    return torch.cat(out) if out else torch.empty(0, spec.num_classes)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Training (resumable)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def teacher_dir(cache_dir, spec, arch: str, recipe: dict) -> Path:
+    key = config_hash({"dataset": spec.name, "classes": list(spec.classes), "resolution": spec.resolution,
+                       "arch": arch, "recipe": recipe})
+    return Path(cache_dir) / "teachers" / f"{spec.name.replace(':', '_').replace('/', '_')}-{arch}-{key}"
+
+
+def _subset(labels: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
+    """Sorted indices of a seeded uniform random subset of n images (all images when n is None)."""
+    if n is None or n >= len(labels):
+        return torch.arange(len(labels))
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.randperm(len(labels), generator=g)[:n]
+    return keep.sort().values
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_teacher(spec, train_split, arch: str, cfg: dict | None, device, cache_dir, progress=None) -> nn.Module:
+    """Train (or resume, or load the finished) teacher `arch` on `train_split` with recipe `cfg`; returns it on CPU."""
+    recipe = resolve_recipe(spec, cfg)
+    folder = teacher_dir(cache_dir, spec, arch, recipe)
+    net = build_net(arch, spec.num_classes, spec.channels, int(recipe["input_size"]),
+                    generator=torch.Generator().manual_seed(int(recipe["seed"])))
+    if (folder / "weights.pt").exists():
+        net.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu"))
+        return net.eval()
+    folder.mkdir(parents=True, exist_ok=True)
+    split = train_split() if callable(train_split) else train_split
+    keep = _subset(split.labels, recipe["subset"], int(recipe["seed"]))
+    images, labels = split.images[keep].to(device), split.labels[keep].to(device)
+    device = torch.device(device)
+    net.to(device).train()
+    opt = build_optimizer(net, {"name": recipe["optimizer"], "lr": recipe["lr"], "momentum": recipe["momentum"],
+                                "weight_decay": recipe["weight_decay"]})
+    gen = device_generator(torch.Generator().manual_seed(int(recipe["seed"]) + 1), device)
+    state = {"epoch": 0, "loss": [], "acc": [], "seconds": 0.0}
+    if (folder / "checkpoint.pt").exists():  # resume a killed run
+        ck = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=False)
+        net.load_state_dict(ck["net"])
+        opt.load_state_dict(ck["opt"])
+        gen.set_state(ck["gen"])
+        state = ck["state"]
+    aug, epochs, bs = _train_augment(recipe, spec), int(recipe["epochs"]), int(recipe["batch_size"])
+    epoch_iter = range(state["epoch"], epochs)
+    if progress is not None:
+        epoch_iter = progress.track(epoch_iter, description=f"teacher {arch}", total=epochs - state["epoch"])
+    for epoch in epoch_iter:
+        t0 = time.perf_counter()
+        loss, acc = _train_epoch(net, opt, images, labels, aug, gen, bs, recipe["lr"],
+                                 lr_factor({"name": recipe["schedule"]}, epoch, epochs))
+        state = {"epoch": epoch + 1, "loss": state["loss"] + [loss], "acc": state["acc"] + [acc],
+                 "seconds": state["seconds"] + time.perf_counter() - t0}
+        if (epoch + 1) % int(recipe["chunk_epochs"]) == 0 and epoch + 1 < epochs:
+            _atomic_save({"net": net.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
+                          "state": state}, folder / "checkpoint.pt")
+    net.cpu().eval()
+    info = {"dataset": spec.name, "arch": arch, "recipe": recipe, "train_images": len(keep),
+            "train_loss": state["loss"], "train_acc": state["acc"], "seconds": state["seconds"]}
+    (folder / "recipe.json").write_text(json.dumps(info, indent=1))
+    _atomic_save(net.state_dict(), folder / "weights.pt")
+    (folder / "checkpoint.pt").unlink(missing_ok=True)
+    return net
+
+
+def _train_epoch(net, opt, images, labels, aug, gen, batch_size: int, base_lr: float, factor: float):
+    """One epoch over a seeded permutation (last batch partial); returns (mean loss, train accuracy %)."""
+    for group in opt.param_groups:
+        group["lr"] = base_lr * factor
+    perm = torch.randperm(len(images), generator=gen, device=gen.device).to(images.device)
+    total = torch.zeros(2, device=images.device)
+    for s in range(0, len(images), batch_size):
+        idx = perm[s:s + batch_size]
+        logits = net(aug(to_float(images[idx]), gen))
+        loss = F.cross_entropy(logits, labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        total += torch.stack([loss.detach() * len(idx), (logits.argmax(1) == labels[idx]).sum().float()])
+    loss_sum, correct = total.tolist()
+    return loss_sum / len(images), 100.0 * correct / len(images)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading torchvision-format weights (e.g. the ImageNet-1K ResNet-18), cut to the subset's classes
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _state_dict(path: Path) -> dict:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError) as e:
+        raise DataError(f"cannot read teacher weights {path}: {e}. Expected a torch state dict file.") from None
+    for key in ("state_dict", "model", "net"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise DataError(f"{path} holds a {type(obj).__name__}, not a state dict")
+    return {k.removeprefix("module."): v for k, v in obj.items()}  # DataParallel checkpoints
+
+
+def load_teacher(path, arch: str, spec, size: int | None = None) -> nn.Module:
+    """A teacher from a torchvision-format state dict; a 1000-way head is cut to rows `spec.imagenet_index`.
+
+    RDED's `pruning_classifier`: the subset's logits are the ImageNet-1K logits of its classes. A checkpoint
+    whose head already has `len(spec.classes)` outputs is loaded as it is. `size` (default: 224 for ImageNet
+    data, the stored resolution for embedded data) only matters for nets whose head depends on the input side.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"teacher weights {path} do not exist; pass an existing file with --teacher")
+    state = _state_dict(path)
+    size = size or teacher_input_size(spec, path=path)
+    head_keys = [k for k in state if k.endswith(("fc.weight", "classifier.weight"))]
+    if not head_keys:
+        raise DataError(f"{path} has no fc.weight / classifier.weight: not a classifier state dict for {arch}")
+    rows = state[head_keys[-1]].shape[0]
+    net = build_net(arch, rows, spec.channels, size)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        detail = " ".join(str(e).split())[:300]
+        raise DataError(f"{path} does not fit arch {arch!r} ({detail}). "
+                        "Pass the arch the weights were trained with (e.g. --arch resnet18_tv).") from None
+    if rows == spec.num_classes:
+        return net.eval()
+    if spec.imagenet_index is None or rows != 1000:
+        raise DataError(f"{path} has a {rows}-way head but {spec.name} has {spec.num_classes} classes and "
+                        "no ImageNet-1K index to cut it by; use weights trained on this dataset")
+    head: nn.Linear = net.classifier
+    keep = torch.tensor(spec.imagenet_index)
+    cut = nn.Linear(head.in_features, len(keep), bias=head.bias is not None)
+    with torch.no_grad():
+        cut.weight.copy_(head.weight[keep])
+        if head.bias is not None:
+            cut.bias.copy_(head.bias[keep])
+    net.classifier = cut
+    return net.eval()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# One entry point for methods, protocols, features and the CLI
+# ---------------------------------------------------------------------------------------------------------
+
+
+def teacher_for(spec, arch: str | None, device, cache_dir, train_split, cfg: dict | None = None,
+                path=None, progress=None) -> nn.Module:
+    """The teacher for `spec`: loaded from `path` when given, else trained on `train_split` (cached by recipe).
+
+    `train_split` is a Split or a callable returning one (called only when training is needed).
+    Returns the network in eval mode on `device`.
+    """
+    arch = arch or default_arch(spec)
+    if path:
+        net = load_teacher(path, arch, spec)
+    elif spec.num_classes >= 1000 and cfg is None:  # a multi-GPU-day job should never start by accident
+        raise ConfigError(f"{spec.name} needs a teacher and none was given: pass --teacher <torchvision-format "
+                          "weights> (RDED/SRe2L/CUDD use torchvision's ImageNet-1K ResNet-18), or give an explicit "
+                          "teacher recipe to train one here")
+    else:
+        net = train_teacher(spec, train_split, arch, cfg, device, cache_dir, progress)
+    return net.to(device).eval()
+
+
+def teacher_input_size(spec, cfg: dict | None = None, path=None) -> int:
+    """The input side the teacher expects (224 for loaded ImageNet weights, else the recipe's input_size)."""
+    if path:
+        return 224 if spec.kind != "embedded" else spec.resolution
+    return int(resolve_recipe(spec, cfg)["input_size"])
