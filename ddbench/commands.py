@@ -8,7 +8,8 @@ from .cli import add_data_options, command, options_of
 from .config import parse_overrides
 
 # Each module registers its own commands with the @command decorator when imported.
-COMMAND_MODULES = ["ddbench.commands_report", "ddbench.commands_sweep"]
+COMMAND_MODULES = ["ddbench.commands_report", "ddbench.commands_sweep", "ddbench.commands_generator",
+                   "ddbench.commands_inspect"]
 
 
 @command("teacher", "train (or load) the classifier used as teacher and feature extractor")

@@ -9,4 +9,11 @@ METHODS = {
     "first-n": "ddbench.methods.selection:FirstN",
     "herding": "ddbench.methods.selection:Herding",
     "kcenter": "ddbench.methods.selection:KCenter",
+    "sre2l": "ddbench.methods.sre2l:SRe2L",
+    "cudd": "ddbench.methods.cudd:CUDD",
+    "dit": "ddbench.methods.dit:DiTSampling",
+    "minimax": "ddbench.methods.minimax:Minimax",
+    "mgd3": "ddbench.methods.mgd3:MGD3",
+    "acs": "ddbench.methods.acs:ACS",
+    "acs-minimax": "ddbench.methods.acs:ACS",
 }
