@@ -62,6 +62,7 @@ def phase_classes(num_classes: int, size: int | None) -> list[list[int]]:
         raise ConfigError(f"phase_classes must be a positive number of classes or null, got {size}")
     if size is None or num_classes <= size:
         return [list(range(num_classes))]
+    # ImageNet-1K: blocks of the sorted 1000-class list (the reference reads class100.txt, so phases ≥ 5 fail there)
     return [list(range(s, min(s + size, num_classes))) for s in range(0, num_classes, size)]
 
 
@@ -222,6 +223,7 @@ def phase_pool(ctx: Context, labels: list[int], many_phases: bool) -> tuple[torc
         keep = torch.isin(all_labels, torch.tensor(labels)).nonzero().flatten()
         images = decode_ids(ctx.spec, "train", [ids[i] for i in keep.tolist()], ctx.spec.resolution)
         return images, all_labels[keep]
+    # ddbench's decode (antialiased bicubic resize + centre crop), not ADM's box-halving centre crop
     train = ctx.train()
     m = torch.isin(train.labels, torch.tensor(labels))
     return train.images[m], train.labels[m]

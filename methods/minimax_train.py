@@ -130,7 +130,7 @@ def minimax_terms(x0_hat, x0, keys, real: ClassMemory, pseudo: ClassMemory, lamb
 
     x0_hat: N×C×H×W predicted clean latents (with gradient), x0: N×C×H×W real latents, keys: N class ids
     (the memory key: the dataset label). Each class c in the batch adds, once its pseudo memory is non-empty,
-    λ_r/|C|·(1 − min cos(x̂₀_c, real[c])) and λ_d/|C|·max cos(x̂₀_c, pseudo[c]); |C| = classes in the batch."""
+    λ_r/|C|·(1 − min cos(x̂₀_c, real[c])) and λ_d/|C|·max cos(x̂₀_c, pseudo[c]); |C| = classes in batch."""
     flat, flat_real = x0_hat.flatten(1).float(), x0.flatten(1).float()  # N×D (D = C·H·W: 4096 for DiT-XL/2)
     present = sorted(set(keys.tolist()))  # one host read per step, as the reference's numpy labels
     rep, div = flat.new_zeros(()), flat.new_zeros(())
@@ -193,7 +193,8 @@ class Batches:
     def __call__(self, step: int, gen: torch.Generator):
         epoch, pos = divmod(step, self.per_epoch)
         if epoch != self._epoch:
-            self._epoch, self._perm = epoch, torch.randperm(len(self.images), generator=torch.Generator().manual_seed(self.seed + epoch))
+            order = torch.Generator().manual_seed(self.seed + epoch)
+            self._epoch, self._perm = epoch, torch.randperm(len(self.images), generator=order)
         idx = self._perm[pos * self.b:(pos + 1) * self.b].to(self.images.device)
         x = self.images[idx].to(self.device, non_blocking=True).float() / 127.5 - 1.0  # uint8 -> [−1, 1]
         if self.hflip:  # RandomHorizontalFlip(p=0.5) of the reference transform
@@ -264,9 +265,11 @@ class _State:
 
 
 def _step_loss(model, tables, batches, state: _State, cfg, amp: bool):
+    # every random number from one CPU generator (reference: the global CUDA RNG): exact repeats and resumes
     x0, keys, cond = batches(state.step, state.gen)
     t = torch.randint(cfg["diffusion_steps"], (len(x0),), generator=state.gen).to(x0.device)
     noise = torch.randn(x0.shape, generator=state.gen).to(x0.device)
+    # bf16 autocast on CUDA (reference: fp32 with TF32 matmuls); finetune.amp=false restores fp32
     with torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
         loss, x0_hat = diffusion_terms(model, tables, x0, cond, t, noise, generator=state.gen)
     rep, div = x0_hat.new_zeros(()), x0_hat.new_zeros(())
@@ -306,10 +309,11 @@ def finetune(model: DiT, images, keys, cond, cfg: dict, folder, key: dict, *, va
         state.step += 1
         sums, count = sums + torch.stack([loss.detach(), rep.detach(), div.detach()]).float(), count + 1
         if state.step % cfg["log_every"] == 0 or state.step == end:
-            state.history.append((state.step, *(sums / count).tolist()))  # the one host read per log interval
+            state.history.append((state.step, *(sums / count).tolist()))  # host read once per log interval
             sums, count = torch.zeros(3, device=device), 0
             if log:
-                log("minimax step {}/{}: loss {:.4f} rep {:.5f} div {:.5f}".format(state.step, total, *state.history[-1][1:]))
+                loss_, rep_, div_ = state.history[-1][1:]
+                log(f"minimax step {state.step}/{total}: loss {loss_:.4f} rep {rep_:.5f} div {div_:.5f}")
         if state.step % cfg["checkpoint_every"] == 0 or state.step == end:
             state.seconds += time.perf_counter() - t0
             t0 = time.perf_counter()
