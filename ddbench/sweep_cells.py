@@ -173,6 +173,8 @@ def evaluate_cell(task: Task, log) -> dict:
     info = {"method_version": dist["method_version"], "method_config": dist["method_config"]}
     sink = RecordSink()
     evaluate_cells(dset, spec, protocol, [cell.key()], sink, test, device, info, dist["phases"], log)
+    if not sink.records:  # a DDP rank other than 0: only rank 0 records (ddp.spawn returns rank 0's value)
+        return {}
     record = sink.records[0]
     record["extra"] = {**(record.get("extra") or {}), "world_size": task.world_size}
     return record
