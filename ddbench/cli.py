@@ -35,7 +35,7 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
 
 
 def options_of(args) -> dict:
-    keys = ("imagenet_root", "data_root", "cache_dir", "dit", "vae", "teacher")
+    keys = ("imagenet_root", "data_root", "cache_dir", "dit", "vae", "teacher", "set_metrics")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None)}
 
 
@@ -70,6 +70,9 @@ def cmd_run(p: argparse.ArgumentParser):
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a method config key, or protocol.KEY for the protocol card")
     p.add_argument("--out", default="runs", help="run directory (results.db and distilled sets)")
+    p.add_argument("--set-metrics", default=None, choices=["auto", "convnet3", "resnetap10", "pixels", "off"],
+                   help="feature space of the set metrics recorded with every distilled set (docs/metrics.md); "
+                        "default: DDBENCH_SET_METRICS, else auto")
     add_data_options(p)
     add_model_options(p)
 

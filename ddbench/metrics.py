@@ -22,7 +22,10 @@ recipe); "resnetap10": the 512-d pooled features of a ResNetAP-10 trained on it 
 """
 from __future__ import annotations
 
+import json
 import math
+import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -205,3 +208,61 @@ def set_metrics(dset, spec, real_split, device, cache_dir, space: str = "auto") 
     out["space_recipe"] = feature_recipe(spec, space)  # what trained the feature network (None: pixels)
     out["knn"] = KNN
     return out
+
+
+# ---------------------------------------------------------------------- recorded with every distilled set
+METRICS_FILE = "set_metrics.json"  # beside manifest.json in the set's folder
+METRICS_ENV = "DDBENCH_SET_METRICS"  # default of `ddbench run --set-metrics`
+AUTO_MAX_CLASSES = 100  # "auto" skips larger datasets: their feature network is an ImageNet-1K-scale training
+
+
+def metrics_space_option(value: str | None) -> str:
+    """--set-metrics, else DDBENCH_SET_METRICS, else "auto"; "off" disables the metrics."""
+    space = value or os.environ.get(METRICS_ENV) or "auto"
+    if space != "off" and space != "auto" and space not in SPACES:
+        raise ConfigError(f"set metrics space {space!r} is not one of off, auto, {', '.join(SPACES)} "
+                          f"(--set-metrics or {METRICS_ENV})")
+    return space
+
+
+def recorded_set_metrics(dset, folder, spec, train, device, cache_dir, space: str | None = None,
+                         log=print) -> dict | None:
+    """Overall metrics of the set saved in `folder`, computed once and kept there as set_metrics.json.
+
+    Returns {"space": ..., "diversity": ..., ...} (what result records carry in `extra["set_metrics"]`), or
+    None when switched off. `train` is a callable returning the real training split (loaded only if needed)."""
+    space = metrics_space_option(space)
+    if space == "off":
+        return None
+    if space == "auto" and len(spec.classes) > AUTO_MAX_CLASSES:
+        log(f"set metrics skipped for {spec.name} ({len(spec.classes)} classes); pass --set-metrics "
+            "resnetap10 or pixels to compute them")
+        return None
+    space = resolve_space(spec, space)
+    path = Path(folder) / METRICS_FILE
+    sha = dset.provenance.get("sha256") or dset.sha256()
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+            if data.get("sha256") == sha and data.get("space") == space:
+                return _for_record(space, data["overall"])
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable or stale: computed again below
+    m = set_metrics(dset, spec, train(), device, cache_dir, space=space)
+    data = {"sha256": sha, "space": space, "space_recipe": m["space_recipe"], "knn": m["knn"],
+            "overall": m["overall"], "per_class": m["per_class"]}
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1, default=_json_number))
+    os.replace(tmp, path)
+    log(f"set metrics ({space}): " + "  ".join(f"{k} {v:.4f}" for k, v in m["overall"].items()
+                                                if isinstance(v, float) and not math.isnan(v)))
+    return _for_record(space, m["overall"])
+
+
+def _for_record(space: str, overall: dict) -> dict:
+    """Plain JSON for a result record: an undefined value (diversity at IPC 1 is NaN) becomes null."""
+    return {"space": space, **{k: None if v is None or math.isnan(v) else float(v) for k, v in overall.items()}}
+
+
+def _json_number(v):
+    return float(v) if hasattr(v, "__float__") else str(v)

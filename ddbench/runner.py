@@ -178,12 +178,19 @@ def evaluate_cells(dset, spec, protocol, keys, store, test, device, info, phases
                   "code_version": code_version(), "device": device_name(device), "hardware": hardware_info(device),
                   "timings": {**phases["timings"], "evaluate": result.seconds},
                   "peak_mem": {**phases["peak_mem"], "evaluate": max(result.peak_mem_mb, meter.peak_mb)},
-                  "curve": result.curve, "extra": result.extra}
+                  "curve": result.curve, "extra": _extra(result.extra, phases)}
         if ddp.is_main():
             store.add(record)
         records.append(record)
         log(f"{key['arch']} eval-seed {key['eval_seed']}: last {result.acc_last:.2f}%  best {result.acc_best:.2f}%")
     return records
+
+
+def _extra(extra: dict | None, phases: dict) -> dict | None:
+    """The protocol's extra fields plus the distilled set's metrics, when they were computed."""
+    if not phases.get("set_metrics"):
+        return extra
+    return {**(extra or {}), "set_metrics": phases["set_metrics"]}
 
 
 def evaluate_folder(path: Path, dataset: str, name: str | None, protocol_name: str | None, archs, eval_seeds,
@@ -225,7 +232,8 @@ def distilled_set(method, ctx, req, spec, seed, out, prepared, log):
             log(f"seed {seed}: reusing distilled set {folder}")
             dset.provenance["path"] = str(folder)
             return dset, {"timings": dset.provenance.get("phase_seconds", {}),
-                          "peak_mem": dset.provenance.get("phase_peak_mb", {})}
+                          "peak_mem": dset.provenance.get("phase_peak_mb", {}),
+                          "set_metrics": _set_metrics(dset, folder, ctx, log)}
         except DataError as e:
             log(f"seed {seed}: cached set unusable ({e}); distilling again")
     timings, peaks = {}, {}
@@ -242,4 +250,12 @@ def distilled_set(method, ctx, req, spec, seed, out, prepared, log):
     dset.provenance["sha256"] = dset.save(folder)
     dset.provenance["path"] = str(folder)
     log(f"seed {seed}: distilled {len(dset)} images in {m.seconds:.1f}s -> {folder}")
-    return dset, {"timings": timings, "peak_mem": peaks}
+    return dset, {"timings": timings, "peak_mem": peaks, "set_metrics": _set_metrics(dset, folder, ctx, log)}
+
+
+def _set_metrics(dset, folder, ctx, log) -> dict | None:
+    """Diversity / representativeness / coverage / MMD of the set (ddbench.metrics), kept beside it."""
+    from .metrics import recorded_set_metrics
+
+    return recorded_set_metrics(dset, folder, ctx.spec, ctx.train, ctx.device, ctx.cache_dir,
+                                ctx.options.get("set_metrics"), log)

@@ -25,4 +25,7 @@ def _isolated_cache(tmp_path_factory):
     if "DDBENCH_CACHE" not in os.environ or os.environ.get("DDBENCH_TEST_OWN_CACHE"):
         os.environ["DDBENCH_CACHE"] = str(tmp_path_factory.mktemp("ddbench-cache"))
     os.environ.setdefault("DDBENCH_NO_PROGRESS", "1")
+    # Set metrics in pixel space: no feature network to train in every runner test (tests/test_metrics.py
+    # covers the network spaces and the default).
+    os.environ.setdefault("DDBENCH_SET_METRICS", "pixels")
     yield

@@ -117,3 +117,46 @@ def test_inspect_command_prints_the_manifest_and_the_metrics(tmp_path, capsys):
     saved = json.loads((tmp_path / "m.json").read_text())
     assert saved["summary"]["seed"] == 7 and saved["summary"]["images_per_class"] == [3]
     assert saved["metrics"]["overall"]["coverage"] > 0  # 3 real images per class do not cover the class
+
+
+def test_every_distilled_set_is_recorded_with_its_metrics(tmp_path, monkeypatch):
+    """runner.run computes the metrics once per set, keeps them beside the set and in each result record."""
+    import json
+
+    from ddbench.metrics import METRICS_FILE
+    from ddbench.runner import RunRequest, run
+
+    monkeypatch.setenv("DDBENCH_SET_METRICS", "pixels")
+    req = RunRequest("random", "digits", 2, eval_seeds=[0, 1], protocol_overrides={"epochs": 2},
+                     out=tmp_path, device="cpu")
+    records = run(req, log=lambda *_: None)
+    (folder,) = (tmp_path / "distilled" / "random" / "digits").iterdir()
+    saved = json.loads((folder / METRICS_FILE).read_text())
+    assert saved["space"] == "pixels" and len(saved["per_class"]) == 10
+    for r in records:
+        assert r["extra"]["set_metrics"]["space"] == "pixels"
+        assert r["extra"]["set_metrics"]["coverage"] == pytest.approx(saved["overall"]["coverage"])
+    # a second run with a new evaluation seed reuses the set and its metrics file
+    (folder / METRICS_FILE).write_text(json.dumps({**saved, "overall": {**saved["overall"], "coverage": -1.0}}))
+    again = run(RunRequest("random", "digits", 2, eval_seeds=[2], protocol_overrides={"epochs": 2},
+                           out=tmp_path, device="cpu"), log=lambda *_: None)
+    assert again[0]["extra"]["set_metrics"]["coverage"] == -1.0
+
+
+def test_set_metrics_option_rejects_unknown_spaces_and_can_be_switched_off(monkeypatch):
+    from ddbench.metrics import metrics_space_option, recorded_set_metrics
+
+    monkeypatch.delenv("DDBENCH_SET_METRICS", raising=False)
+    assert metrics_space_option(None) == "auto"
+    with pytest.raises(ConfigError, match="set-metrics"):
+        metrics_space_option("tsne")
+    assert recorded_set_metrics(None, None, None, None, None, None, "off") is None
+
+
+def test_a_one_image_per_class_set_is_recorded_with_diversity_null(tmp_path):
+    from ddbench.runner import RunRequest, run
+
+    (record,) = run(RunRequest("random", "digits", 1, protocol_overrides={"epochs": 1}, out=tmp_path, device="cpu"),
+                    log=lambda *_: None)
+    assert record["extra"]["set_metrics"]["diversity"] is None
+    assert record["extra"]["set_metrics"]["mmd2"] is not None
