@@ -27,12 +27,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ddbench.augment import IDCAugment, normalize, resize_center_crop, to_float
-from ddbench.config import config_hash
 from ddbench.diffusion.generator import SAMPLERS
 from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
-from ddbench.method import Context, Method, method_card
-from ddbench.methods.mgd3 import base_generator, base_method  # the same base-generator mechanism as MGD³
+from ddbench.method import Context, Method
+from ddbench.methods.mgd3 import base_generator, base_method, guided_distill_key  # the same base-generator mechanism as MGD³
 from ddbench.nets import build_net
 from ddbench.train import evaluate_accuracy, train_classifier
 
@@ -159,6 +158,16 @@ def augment_for(disc_cfg: dict, size: int, spec):
     raise ConfigError(f"ACS disc.augment={kind!r} is unknown; expected 'none' or 'idc'")
 
 
+def disc_epochs(disc_cfg: dict, n: int) -> int:
+    """`epochs`, cut so that at most `max_steps` optimizer steps are taken when that is set (a CPU budget: the
+    last curriculum of IPC 50 trains φ on 200 images per class)."""
+    epochs, cap = int(disc_cfg["epochs"]), disc_cfg.get("max_steps")
+    if not cap:
+        return epochs
+    per_epoch = math.ceil(n / int(disc_cfg["batch_size"]))
+    return max(1, min(epochs, int(cap) // per_epoch))
+
+
 def train_discriminator(images: torch.Tensor, labels: torch.Tensor, spec, disc_cfg: dict, seed: int,
                         device) -> tuple[nn.Module, DiscriminatorInput, dict]:
     """A fresh φ trained on uint8 `images` N×C×H×W (labels N); returns (φ in eval mode, its input map, stats)."""
@@ -166,7 +175,8 @@ def train_discriminator(images: torch.Tensor, labels: torch.Tensor, spec, disc_c
     gen = torch.Generator().manual_seed(seed)
     net = build_net(disc_cfg.get("arch", "resnetap10"), len(spec.classes), spec.channels, size, generator=gen,
                     **(disc_cfg.get("arch_kw") or {}))
-    hist = train_classifier(net, images, labels, epochs=int(disc_cfg["epochs"]), batch_size=int(disc_cfg["batch_size"]),
+    hist = train_classifier(net, images, labels, epochs=disc_epochs(disc_cfg, len(images)),
+                            batch_size=int(disc_cfg["batch_size"]),
                             optimizer=disc_cfg["optimizer"], schedule=disc_cfg.get("schedule"),
                             augment=augment_for(disc_cfg, size, spec), loss="ce", generator=gen, device=device)
     net.eval().requires_grad_(False)  # φ is fixed while it guides; gradients flow to x only
@@ -199,7 +209,7 @@ class ACS(Method):
 
     defaults = {"base": "dit", "sampling": {k: None for k in SAMPLING_KEYS}, "finetune": None, "g": 1.0,
                 "schedule": list(SCHEDULE), "guided_batch_size": None,
-                "disc": {"arch": "resnetap10", "arch_kw": None, "resolution": None, "epochs": 100, "batch_size": 64,
+                "disc": {"arch": "resnetap10", "arch_kw": None, "resolution": None, "epochs": 100, "max_steps": None, "batch_size": 64,
                          "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0005},
                          "schedule": {"name": "cosine"}, "augment": "none"}}
 
@@ -212,11 +222,7 @@ class ACS(Method):
         return base
 
     def distill_key(self, ipc: int, seed: int) -> str:
-        """Also hashes the base method's card: a changed `dit` / `minimax` card changes ACS's sets too."""
-        card = method_card(self.cfg["base"])
-        base = {k: card.get(k) for k in ("version", "defaults", "datasets")}
-        return config_hash({"method": self.name, "version": self.version, "cfg": self.cfg, "ipc": ipc,
-                            "seed": seed, "base": base})
+        return guided_distill_key(self, ipc, seed)
 
     def prepare(self, ctx: Context) -> None:
         base = self._base(ctx)

@@ -101,6 +101,18 @@ class ModeGuidance(GuidanceHook):
 
 
 # ---------------------------------------------------------------------- the base generator
+def guided_distill_key(method, ipc: int, seed: int) -> str:
+    """Set cache key of a method that guides a base generator (mgd3, acs): it also hashes the base method's
+    card, so a changed `dit` / `minimax` card changes the guided sets too."""
+    from ddbench.config import config_hash
+    from ddbench.method import method_card
+
+    card = method_card(method.cfg["base"])
+    base = {k: card.get(k) for k in ("version", "defaults", "datasets")}
+    return config_hash({"method": method.name, "version": method.version, "cfg": method.cfg, "ipc": ipc,
+                        "seed": seed, "base": base})
+
+
 def base_method(name: str, dataset: str, sampling: dict) -> Method:
     """The method whose generator MGD³ guides (`dit`, or `minimax` for its fine-tuned DiT), with its card's
     config for `dataset` and the non-null `sampling` keys of the MGD³ config on top."""
@@ -140,14 +152,7 @@ class MGD3(Method):
         return base
 
     def distill_key(self, ipc: int, seed: int) -> str:
-        """Also hashes the base method's card: a changed `dit` / `minimax` card changes MGD³'s sets too."""
-        from ddbench.config import config_hash
-        from ddbench.method import method_card
-
-        card = method_card(self.cfg["base"])
-        base = {k: card.get(k) for k in ("version", "defaults", "datasets")}
-        return config_hash({"method": self.name, "version": self.version, "cfg": self.cfg, "ipc": ipc,
-                            "seed": seed, "base": base})
+        return guided_distill_key(self, ipc, seed)
 
     def prepare(self, ctx: Context) -> None:
         base = self._base(ctx)

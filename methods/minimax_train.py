@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddbench.diffusion.dit import Attention, DiT, DiTBlock, modulate
-from ddbench.diffusion.train import diffusion_tables, vb_term
+from ddbench.diffusion.train import diffusion_tables, diffusion_terms
 from ddbench.errors import ConfigError
 
 FORMAT = 1  # bump when fine-tuning changes the weights a config produces (old caches are then not reused)
@@ -143,30 +143,6 @@ def minimax_terms(x0_hat, x0, keys, real: ClassMemory, pseudo: ClassMemory, lamb
         real.push(c, flat_real[m].detach())
         pseudo.push(c, cur.detach())
     return rep, div
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The diffusion loss with x̂₀ (train.diffusion_loss + the reference's `terms["output"]`)
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _at(table: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    return table[t].view(-1, 1, 1, 1)  # N -> N×1×1×1
-
-
-def diffusion_terms(model, tables, x0, y, t, noise, generator=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean DiT loss, x̂₀ N×C×H×W) of a batch; the loss equals ddbench.diffusion.train.diffusion_loss."""
-    ac = _at(tables["alphas_cumprod"], t)
-    x_t = ac.sqrt() * x0 + (1 - ac).sqrt() * noise  # q(x_t | x0)
-    out = model(x_t, t, y, generator=generator)  # N×C_out×H×W; label dropout drawn from `generator`
-    c = x0.shape[1]
-    eps = out[:, :c].float()
-    loss = ((noise - eps) ** 2).mean(dim=(1, 2, 3))
-    if out.shape[1] == 2 * c:
-        loss = loss + vb_term(tables, eps.detach(), out[:, c:].float(), x0, x_t, t)
-    # ε is not detached: the minimax terms train the model through x̂₀ (gaussian_diffusion.py "output")
-    x0_hat = _at(tables["sqrt_recip_alphas_cumprod"], t) * x_t - _at(tables["sqrt_recipm1_alphas_cumprod"], t) * eps
-    return loss.mean(), x0_hat
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -203,3 +203,13 @@ def test_ddpm_is_selectable_and_bad_samplers_are_refused(toy):
     assert not torch.equal(ddpm.images, run(6).images)
     with pytest.raises(ConfigError, match="sampler"):
         run(6, sampling={**FAST["sampling"], "sampler": "euler"})
+
+
+def test_disc_max_steps_cuts_epochs_to_the_step_budget():
+    from ddbench.methods.acs import disc_epochs
+
+    cfg = {"epochs": 100, "batch_size": 64, "max_steps": 200}
+    assert disc_epochs(cfg, 50) == 100          # one step an epoch: the cap is not reached
+    assert disc_epochs(cfg, 500) == 25          # 8 steps an epoch
+    assert disc_epochs(cfg, 20000) == 1         # never fewer than one epoch
+    assert disc_epochs({**cfg, "max_steps": None}, 20000) == 100

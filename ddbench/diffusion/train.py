@@ -48,8 +48,8 @@ PRESETS = {
     # seconds on one CPU core: for tests and the registry-wide `tiny` method runs (quality is not the point)
     "tiny": dict(hidden_size=32, depth=1, num_heads=2, patch_size=4, train_steps=40, batch_size=32, lr=1e-3,
                  ema_decay=0.9, checkpoint_every=20, log_every=10),
-    # minutes on 2 CPU cores for digits (docs/generators.md has the measured times and quality)
-    "cpu": dict(hidden_size=128, depth=4, num_heads=4, patch_size=4, train_steps=1500, batch_size=32, lr=1e-3,
+    # ~25-45 min on one CPU core (docs/generators.md: quality against training length; 1500 x 32 was too short)
+    "cpu": dict(hidden_size=128, depth=4, num_heads=4, patch_size=4, train_steps=6000, batch_size=64, lr=1e-3,
                 warmup_steps=100, ema_decay=0.999, checkpoint_every=250),
     # a DiT-S-sized model for a GPU (an hour-scale run)
     "gpu": dict(hidden_size=384, depth=12, num_heads=6, patch_size=2, train_steps=60000, batch_size=256, lr=3e-4,
@@ -145,6 +145,12 @@ def vb_term(tables, eps: torch.Tensor, var_values: torch.Tensor, x0, x_t, t) -> 
 
 def diffusion_loss(model: DiT, tables, x0, y, t, noise, generator: torch.Generator | None = None) -> torch.Tensor:
     """Mean DiT loss of a batch: x0 N×C×H×W in [−1, 1], y N labels, t N timesteps, noise like x0."""
+    return diffusion_terms(model, tables, x0, y, t, noise, generator)[0]
+
+
+def diffusion_terms(model: DiT, tables, x0, y, t, noise, generator: torch.Generator | None = None):
+    """(mean DiT loss, x̂₀ N×C×H×W) of a batch. x̂₀ comes from the undetached ε, so a term on it trains the
+    model through it (Minimax; the reference's `terms["output"]`)."""
     ac = _at(tables["alphas_cumprod"], t)
     x_t = ac.sqrt() * x0 + (1 - ac).sqrt() * noise  # q(x_t | x0)
     out = model(x_t, t, y, generator=generator)  # N×C_out×H×W; label dropout drawn from `generator`
@@ -153,7 +159,8 @@ def diffusion_loss(model: DiT, tables, x0, y, t, noise, generator: torch.Generat
     loss = ((noise - eps) ** 2).mean(dim=(1, 2, 3))
     if out.shape[1] == 2 * c:
         loss = loss + vb_term(tables, eps.detach(), out[:, c:].float(), x0, x_t, t)
-    return loss.mean()
+    x0_hat = _at(tables["sqrt_recip_alphas_cumprod"], t) * x_t - _at(tables["sqrt_recipm1_alphas_cumprod"], t) * eps
+    return loss.mean(), x0_hat
 
 
 # ---------------------------------------------------------------------------------------------------------
