@@ -62,9 +62,12 @@ def cmd_leaderboard(p: argparse.ArgumentParser):
     p.add_argument("--format", choices=["md", "csv", "html"], default="md")
     p.add_argument("--reported", action="store_true", help="add the papers' numbers from the method cards")
     p.add_argument("--output", default=None, help="write to FILE instead of stdout")
+    p.add_argument("--set-metrics", action="store_true",
+                   help="md: also a table per dataset of the distilled sets' diversity / coverage / MMD² (docs/metrics.md)")
 
     def handler(args):
         from .leaderboard import RENDERERS, build_tables, load_reported
+        from .leaderboard_sets import render_set_metrics
 
         records = load_records(args)
         pairs = {(r["dataset"], r["protocol"]) for r in records}
@@ -74,7 +77,12 @@ def cmd_leaderboard(p: argparse.ArgumentParser):
         if not tables:
             raise ConfigError("no results match these filters; nothing to tabulate (check --out/--jsonl, "
                               "--dataset and --protocol)")
-        write_text(RENDERERS[args.format](tables, command=_leaderboard_command(args)), args.output)
+        if args.set_metrics and args.format != "md":
+            raise ConfigError("--set-metrics is written as markdown only; drop it or use --format md")
+        text = RENDERERS[args.format](tables, command=_leaderboard_command(args))
+        if args.set_metrics:
+            text += "\n" + render_set_metrics(records)
+        write_text(text, args.output)
     return handler
 
 
@@ -89,6 +97,8 @@ def _leaderboard_command(args) -> str:
         parts.append(f"--metric {args.metric}")
     if args.reported:
         parts.append("--reported")
+    if getattr(args, "set_metrics", False):
+        parts.append("--set-metrics")
     if args.format != "md":
         parts.append(f"--format {args.format}")
     return " ".join(parts)

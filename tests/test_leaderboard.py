@@ -18,13 +18,16 @@ from ddbench.store import ResultStore
 
 
 # ---------------------------------------------------------------------- fixture store
-def record(method, ipc, arch, seed, acc, *, eval_seed=0, best=None, protocol="dc", pversion="1", mversion="1",
+def record(method, ipc, arch, seed, acc, *, eval_seed=0, best=None, protocol="dc", pversion="1", mversion=None,
            prepare=0.0, distill=1.0, method_set=None, protocol_set=None):
-    """A record with the fields runner.evaluate_cells writes; configs = the cards' own, or with `--set` values."""
+    """A record with the fields runner.evaluate_cells writes; configs = the cards' own, or with `--set` values;
+    the method version is the card's current one unless given."""
+    card, cfg = resolve_method_config(method, "digits", method_set)
+    mversion = str(card.get("version", 1)) if mversion is None else mversion
     return {"method": method, "dataset": "digits", "ipc": ipc, "seed": seed, "protocol": protocol, "arch": arch,
             "eval_seed": eval_seed, "acc_last": acc, "acc_best": acc + 1.0 if best is None else best,
             "best_epoch": 18, "method_version": mversion, "protocol_version": pversion,
-            "method_config": resolve_method_config(method, "digits", method_set)[1],
+            "method_config": cfg,
             "protocol_config": load_protocol(protocol, protocol_set).card,
             "distilled_sha256": f"{method}{ipc}{seed}".ljust(64, "0"), "distilled_path": "",
             "code_version": "0.1.0", "device": "cpu (2 cores)", "hardware": {"cpu_count": 2},
@@ -54,7 +57,7 @@ EXPECTED_MD = """\
 Metric: acc_last = test accuracy (%) after the last training epoch: the honest number.  
 Cells: mean ± std (n) over distillation seeds × evaluation seeds; bold = best measured in the row.  
 Δ vs random: the best non-random method's mean minus random's, same protocol, network and IPC.  
-Method cards: random v1, herding v1, kcenter v1.
+Method cards: random v1, herding v2, kcenter v2.
 
 | IPC | arch | random | herding | kcenter | Δ vs random |
 |---:|---|---|---|---|---|
@@ -128,10 +131,10 @@ def test_numbers_made_with_overrides_are_never_shown_as_the_cards(store_dir):
 
 
 def test_two_card_versions_get_two_columns(store_dir):
-    recs = stored(store_dir, protocol_version="1") + [record("herding", 1, "convnet3", 0, 35.0, mversion="2")]
+    recs = stored(store_dir, protocol_version="1") + [record("herding", 1, "convnet3", 0, 35.0, mversion="1")]
     (table,) = lb.build_tables(recs)
     assert [c for c, _ in table.columns] == ["random", "herding v1", "herding v2", "kcenter"]
-    assert table.rows[0].gain("random") == (14.0, "herding v2")
+    assert table.rows[0].gain("random") == (14.0, "herding v1")
 
 
 def test_html_bolds_and_escapes(store_dir):
@@ -143,7 +146,7 @@ def test_html_bolds_and_escapes(store_dir):
 def test_csv_is_long_form_with_gain(store_dir):
     rows = lb.render_csv(lb.build_tables(stored(store_dir, protocol_version="1"))).splitlines()
     assert rows[0].startswith("dataset,protocol,protocol_version,metric,ipc,arch,method")
-    assert "digits,dc,1,acc_last,10,convnet3,kcenter,1,measured,85.5,0.0,1,3.5,True" in rows
+    assert "digits,dc,1,acc_last,10,convnet3,kcenter,2,measured,85.5,0.0,1,3.5,True" in rows
     assert len(rows) == 1 + 6
 
 
@@ -239,3 +242,22 @@ def test_plot_and_grid_commands(store_dir, tmp_path):
     with Image.open(tmp_path / "set-grid.png") as im:  # 100 px images stay 100 px; 2 columns (2 per class)
         assert im.size == (plots.GRID_LABEL_W + 2 * 104 + 4, plots.GRID_TITLE_H + 2 * 104 + 4)
     assert main(["grid", str(tmp_path / "missing")]) == 2
+
+
+def test_set_metrics_table_counts_each_set_once_and_averages_over_seeds():
+    from ddbench.leaderboard_sets import render_set_metrics
+
+    def rec(method, seed, eval_seed, sha, div, cov, mmd):
+        return {"method": method, "dataset": "digits", "ipc": 10, "seed": seed, "eval_seed": eval_seed,
+                "distilled_sha256": sha, "extra": {"set_metrics": {"space": "pixels", "diversity": div,
+                                                                   "coverage": cov, "mmd2": mmd}}}
+
+    records = [rec("random", 0, 0, "a", 0.5, 1.0, 0.01), rec("random", 0, 1, "a", 0.5, 1.0, 0.01),  # one set
+               rec("random", 1, 0, "b", 0.7, 0.8, 0.03), rec("herding", 0, 0, "c", None, 0.6, -0.01),
+               {"method": "kcenter", "dataset": "digits", "ipc": 10, "seed": 0, "eval_seed": 0,
+                "distilled_sha256": "d", "extra": None}]  # no metrics: not a column
+    text = render_set_metrics(records)
+    assert "## digits · distilled-set metrics (pixels features)" in text
+    assert "| IPC | random | herding |" in text
+    assert "| 10 | 0.600 / 0.900 / 0.020 | – / 0.600 / -0.010 |" in text
+    assert render_set_metrics(records[-1:]) == ""
