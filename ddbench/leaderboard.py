@@ -191,8 +191,10 @@ def config_diff(config: Mapping | None, reference: Mapping | None) -> str:
     if reference is None or config is None:
         return ""
     a, b = dict(_flat(config)), dict(_flat(reference))
+    expanded = {k.rsplit(".", 1)[0] for k in a if "." in k}  # null in the card, a mapping here: show its leaves
     keys = sorted(k for k in set(a) | set(b)
-                  if k.split(".")[0] not in IGNORED_KEYS and a.get(k, _UNSET) != b.get(k, _UNSET))
+                  if k.split(".")[0] not in IGNORED_KEYS and a.get(k, _UNSET) != b.get(k, _UNSET)
+                  and not (k not in a and any(e == k or e.startswith(k + ".") for e in expanded)))
     return ", ".join(f"{k}={_show(a.get(k, _UNSET))}" for k in keys)
 
 

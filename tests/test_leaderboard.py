@@ -128,6 +128,8 @@ def test_numbers_made_with_overrides_are_never_shown_as_the_cards(store_dir):
     assert "| 1 | convnet3 | **11.00 ± 0.00 (1)** | – |" in text  # not averaged into the card's 21.00
     assert lb.config_diff({"a": {"b": 1}, "c": "x", "name": "n"}, {"a": {"b": 2}, "d": [1], "name": "m"}) == \
         'a.b=1, c=x, d=unset'
+    # a key the card leaves null and the run sets to a mapping: its leaves, not "unset"
+    assert lb.config_diff({"t": {"recipe": {"epochs": 3}}}, {"t": {"recipe": None}}) == "t.recipe.epochs=3"
 
 
 def test_two_card_versions_get_two_columns(store_dir):
