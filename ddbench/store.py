@@ -246,10 +246,13 @@ def _open(path: Path) -> sqlite3.Connection:
     except sqlite3.OperationalError as e:
         raise _unwritable(path, e) from None
     try:
-        version = con.execute("PRAGMA user_version").fetchone()[0]
+        # One statement, so one snapshot: two separate reads could see version 0, then the tables another
+        # process created (and versioned) in between, and call a fresh store foreign.
+        version, objects = con.execute("SELECT (SELECT user_version FROM pragma_user_version), "
+                                       "(SELECT count(*) FROM sqlite_master)").fetchone()
         if version > SCHEMA_VERSION:
             raise _too_new(path, version)
-        if version == 0 and con.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+        if version == 0 and objects:
             raise StoreError(f"{path} is an SQLite database but not a ddbench results store (no schema "
                              "version); point --out at another directory")
         _enable_wal(con, path)  # only now: a foreign or newer database is left exactly as it was

@@ -118,9 +118,15 @@ def test_shipped_grids_expand(tmp_path):
         plan = load_grid(path, out=tmp_path, only={"method": names - missing})
         assert {d.dataset for d in plan.distills.values()} == datasets
         assert {d.ipc for d in plan.distills.values()} == ({1, 10, 50} if name == "embedded" else {10, 20, 50})
-        # one network per set for dc and rded, three (convnet6, resnetap10, resnet18) for idc
-        assert all(len(plan.evals_of(d)) == (1 if name == "embedded" or "imagenet1k" in d else 3)
-                   for d in plan.distills)
+        if name == "embedded":  # evaluation seeds by IPC (3 / 2 / 1); fashion IPC 10 also under rded (1 seed),
+            seeds = {1: 3, 10: 2, 50: 1}  # except for the coreset selections herding / kcenter
+            rded = {"random", "dit", "minimax", "mgd3", "acs", "acs-minimax", "sre2l", "cudd"}
+            assert all(len(plan.evals_of(d)) == seeds[c.ipc] + (c.dataset == "fashion" and c.ipc == 10
+                                                                and c.label in rded)
+                       for d, c in plan.distills.items())
+            assert {e.arch for e in plan.evals.values()} == {"convnet3", "convnet3_bn"}
+        else:  # three networks (convnet6, resnetap10, resnet18) for idc, one for imagenet1k's rded
+            assert all(len(plan.evals_of(d)) == (1 if "imagenet1k" in d else 3) for d in plan.distills)
     assert {e.arch for e in plan.evals.values() if e.dataset == "imagenet1k"} == {"resnet18_tv"}
 
 
