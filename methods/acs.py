@@ -207,7 +207,7 @@ class ACS(Method):
     """Curricula sampled from the base generator, each one after the first guided away from a discriminator
     trained on all the curricula before it (Algorithm 1)."""
 
-    defaults = {"base": "dit", "sampling": {k: None for k in SAMPLING_KEYS}, "finetune": None, "g": 1.0,
+    defaults = {"base": "dit", "sampling": {k: None for k in SAMPLING_KEYS}, "finetune": None, "g": 0.01,
                 "schedule": list(SCHEDULE), "guided_batch_size": None,
                 "disc": {"arch": "resnetap10", "arch_kw": None, "resolution": None, "epochs": 100, "max_steps": None, "batch_size": 64,
                          "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0005},
