@@ -39,6 +39,21 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+def parse_int_list(text: str) -> list[int]:
+    """'0,1,2' or '0-4' (or a mix, '0-2,7') -> ints; an empty or descending range is an error, not nothing."""
+    out = []
+    for part in str(text).split(","):
+        lo, sep, hi = part.strip().partition("-")
+        try:
+            lo_i, hi_i = int(lo), int(hi) if sep else int(lo)
+        except ValueError:
+            raise ConfigError(f"{text!r} is not a list of integers like 0,1,2 or 0-4") from None
+        if hi_i < lo_i:
+            raise ConfigError(f"{text!r}: the range {part.strip()} is empty; write it low-high, e.g. {hi_i}-{lo_i}")
+        out += list(range(lo_i, hi_i + 1))
+    return out
+
+
 def parse_overrides(items: Iterable[str]) -> dict:
     """`["a.b=3", "name=x"]` -> `{"a": {"b": 3}, "name": "x"}`; values are parsed as YAML scalars/lists."""
     out: dict = {}

@@ -164,7 +164,6 @@ def test_reported_numbers_come_from_the_method_cards():
 
 
 def test_leaderboard_command_prints_the_table(store_dir):
-    from ddbench import commands_report  # noqa: F401  (registers the command)
     from ddbench.cli import main
 
     out = io.StringIO()
@@ -175,7 +174,6 @@ def test_leaderboard_command_prints_the_table(store_dir):
 
 
 def test_leaderboard_reads_jsonl_exports(store_dir, tmp_path):
-    from ddbench import commands_report  # noqa: F401
     from ddbench.cli import main
 
     with ResultStore(store_dir / "results.db") as store:
@@ -231,7 +229,6 @@ def test_grid_has_one_row_per_class(tmp_path):
 
 
 def test_plot_and_grid_commands(store_dir, tmp_path):
-    from ddbench import commands_report  # noqa: F401
     from ddbench.cli import main
 
     assert main(["plot", "--out", str(store_dir), "--protocol", "dc", "--kind", "time", "--metric", "best",

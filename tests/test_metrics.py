@@ -100,7 +100,6 @@ def test_set_metrics_in_pixel_space_resizes_and_checks_classes():
 def test_inspect_command_prints_the_manifest_and_the_metrics(tmp_path, capsys):
     import json
 
-    import ddbench.commands_inspect  # noqa: F401  (registers `inspect`)
     from ddbench.cli import main
     from ddbench.data import get_dataset, load_split
 

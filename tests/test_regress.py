@@ -103,7 +103,6 @@ def fake_runner(means: dict):
 
 
 def regress_cli(argv):
-    from ddbench import commands_report  # noqa: F401  (registers the command)
     from ddbench.cli import main
 
     try:

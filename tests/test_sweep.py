@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-import ddbench.commands_sweep  # noqa: F401  (registers `ddbench sweep` until commands.py lists the module)
 from ddbench.cli import main
 from ddbench.errors import ConfigError
 from ddbench.store import ResultStore
-from ddbench.sweep import load_grid, method_entries, read_grid, sub_grids
-from ddbench.sweep_cells import Outcome, Task, run_task
-from ddbench.sweep_exec import Scheduler, Status, execute, plan_status
-from ddbench.sweep_view import cost_rows
+from ddbench.sweep.expand import load_grid
+from ddbench.sweep.grid import method_entries, read_grid, sub_grids
+from ddbench.sweep.cells import Outcome, Task, run_task
+from ddbench.sweep.execute import Scheduler, Status, execute, plan_status
+from ddbench.sweep.view import cost_rows
 
 REPO = Path(__file__).resolve().parent.parent
 FAST = {"epochs": 1, "resolution": 8}  # ConvNet-3 on 8×8 digits: about a second per evaluation
@@ -152,7 +152,6 @@ def test_failed_cell_is_reported_and_the_others_run(tmp_path, capsys):
 
 KILL_AFTER_FIRST_RECORD = """
 import os, signal, sys
-import ddbench.commands_sweep
 from ddbench.cli import main
 from ddbench.store import ResultStore
 real_add = ResultStore.add

@@ -13,11 +13,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import config_hash
-from .distilled import MANIFEST
-from .errors import ConfigError
-from .sweep import EvalCell, Plan
-from .sweep_cells import Outcome, Task, run_task
+from ..config import config_hash
+from ..distilled import MANIFEST
+from ..errors import ConfigError
+from .grid import EvalCell, Plan
+from .cells import Outcome, Task, run_task
 
 STATES = ("pending", "running", "done", "failed", "skipped")
 
@@ -238,8 +238,8 @@ def execute(plan: Plan, out: Path, *, local: bool, ray_address: str | None = Non
     """Run every missing cell of `plan`; the store (default <out>/results.db) is written here only."""
     import torch
 
-    from .store import ResultStore
-    from .sweep_view import NullView
+    from ..store import ResultStore
+    from .view import NullView
 
     out = Path(out).resolve()
     view = view or NullView()

@@ -7,8 +7,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .cli import add_data_options, command, options_of
-from .errors import ConfigError
+from .options import add_data_options, command, options_of
+from ..errors import ConfigError
 
 
 # ---------------------------------------------------------------------- reading results
@@ -24,7 +24,7 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
 
 def load_records(args) -> list[dict]:
     """Records matching --dataset/--protocol, from JSONL files (merged in a temporary store) or --out."""
-    from .store import ResultStore
+    from ..store import ResultStore
 
     filters = {k: v for k, v in (("dataset", args.dataset), ("protocol", args.protocol)) if v}
     if args.jsonl:
@@ -66,8 +66,8 @@ def cmd_leaderboard(p: argparse.ArgumentParser):
                    help="md: also a table per dataset of the distilled sets' diversity / coverage / MMD² (docs/metrics.md)")
 
     def handler(args):
-        from .leaderboard import RENDERERS, build_tables, load_reported
-        from .leaderboard_sets import render_set_metrics
+        from ..leaderboard import RENDERERS, build_tables, load_reported
+        from ..leaderboard_sets import render_set_metrics
 
         records = load_records(args)
         pairs = {(r["dataset"], r["protocol"]) for r in records}
@@ -111,7 +111,7 @@ def cmd_plot(p: argparse.ArgumentParser):
     p.add_argument("--output", required=True, help="PNG file to write")
 
     def handler(args):
-        from .plots import PLOTS
+        from ..plots import PLOTS
 
         w, h = PLOTS[args.kind](load_records(args), args.output, args.metric)
         print(f"wrote {args.output} ({w}×{h} px)")
@@ -126,7 +126,7 @@ def cmd_grid(p: argparse.ArgumentParser):
     p.add_argument("--cell", type=int, default=None, help="cell side in px (default: images enlarged to ≥ 64)")
 
     def handler(args):
-        from .plots import save_grid
+        from ..plots import save_grid
 
         path = Path(args.path)
         output = args.output or str(path.with_name(path.name + "-grid.png"))
@@ -147,8 +147,8 @@ def cmd_regress(p: argparse.ArgumentParser):
     def handler(args):
         from rich.console import Console
 
-        from .progress import progress_bar
-        from .regress import load_baseline, render, report_json, run_baseline, updated_baseline, write_baseline
+        from ..progress import progress_bar
+        from ..regress import load_baseline, render, report_json, run_baseline, updated_baseline, write_baseline
 
         baseline = load_baseline(args.baseline)
         out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="ddbench-regress-"))

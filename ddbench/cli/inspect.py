@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from .cli import add_data_options, command, options_of
+from .options import add_data_options, command, options_of
 
 
 def manifest_summary(dset) -> dict:
@@ -33,7 +33,7 @@ def print_inspection(summary: dict, metrics: dict, classes, per_class: bool, con
     from rich.console import Console
     from rich.table import Table
 
-    from .metrics import METRICS
+    from ..metrics import METRICS
 
     console = console or Console()
     console.print("[bold]distilled set[/bold]")
@@ -70,11 +70,11 @@ def cmd_inspect(p: argparse.ArgumentParser):
     add_data_options(p)
 
     def handler(args):
-        from .data import get_dataset, load_split
-        from .distilled import DistilledSet
-        from .method import default_cache_dir
-        from .metrics import set_metrics
-        from .runner import resolve_device
+        from ..data import get_dataset, load_split
+        from ..distilled import DistilledSet
+        from ..method import default_cache_dir
+        from ..metrics import set_metrics
+        from ..runner import resolve_device
 
         opts = options_of(args)
         spec = get_dataset(args.dataset, imagenet_root=opts.get("imagenet_root"), data_root=opts.get("data_root"))

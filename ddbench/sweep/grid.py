@@ -6,7 +6,7 @@
 
 A grid names the axes (methods, datasets, ipcs, seeds, protocols, archs, eval_seeds), per-axis `overrides`,
 `resources` hints and `paths`, or a list of sub-grids under `grids:` that inherit the top level. Every name is
-checked here, before any work starts. Execution lives in sweep_exec.py, the worker side in sweep_cells.py; the
+checked here, before any work starts. Expansion lives in expand.py, execution in execute.py, the worker side in cells.py; the
 format is documented in docs/sweeps.md.
 """
 from __future__ import annotations
@@ -17,11 +17,10 @@ from pathlib import Path
 
 import yaml
 
-from .cli import int_list
-from .config import canonical_json, deep_merge
-from .errors import ConfigError
-from .registry import suggest
-from .runner import distilled_folder
+from ..config import canonical_json, deep_merge, parse_int_list
+from ..errors import ConfigError
+from ..registry import suggest
+from ..runner import distilled_folder
 
 AXES = ("methods", "datasets", "ipcs", "seeds", "protocols", "archs", "eval_seeds")
 GRID_KEYS = AXES + ("name", "description", "paths", "overrides", "resources", "grids")
@@ -140,7 +139,7 @@ def _ints(value, what: str, where: str) -> list[int]:
         if isinstance(v, bool) or not isinstance(v, (int, str)):
             raise ConfigError(f"{where}: {what} must be integers (a list, or a string like '0-2'), got {v!r}")
         try:
-            out += int_list(v) if isinstance(v, str) else [v]
+            out += parse_int_list(v) if isinstance(v, str) else [v]
         except Exception:
             raise ConfigError(f"{where}: {what} entry {v!r} is not an integer or a range like 0-2") from None
     return out
@@ -212,15 +211,3 @@ def parse_only(items: list[str] | None) -> dict[str, set[str]]:
 def keep(only: dict, key: str, *values) -> bool:
     """Whether any of `values` passes the --only filter for `key` (no filter: everything passes)."""
     return key not in only or any(str(v) in only[key] for v in values)
-
-
-def load_grid(path, *, out: Path = Path("runs"), sets: dict | None = None, only: dict | None = None,
-              flags: dict | None = None) -> Plan:
-    """Read and expand a grid file into a Plan (every name and override checked; nothing runs)."""
-    from .sweep_expand import expand  # the expansion imports the registries
-
-    grid = read_grid(path)
-    options = resolve_paths(grid, flags, out)
-    plan = expand(grid, sets or {}, only or {}, options)
-    plan.options = options
-    return plan

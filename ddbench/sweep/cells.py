@@ -15,8 +15,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import DDBenchError
-from .sweep import DistillCell, EvalCell
+from ..errors import DDBenchError
+from .grid import DistillCell, EvalCell
 
 
 @dataclass
@@ -95,8 +95,8 @@ def run_task(task: Task) -> Outcome:
 
 
 def _spec_and_cache(cell, options: dict):
-    from .data import get_dataset
-    from .method import default_cache_dir
+    from ..data import get_dataset
+    from ..method import default_cache_dir
 
     spec = get_dataset(cell.dataset, imagenet_root=options.get("imagenet_root"), data_root=options.get("data_root"))
     return spec, Path(options.get("cache_dir") or default_cache_dir())
@@ -104,9 +104,9 @@ def _spec_and_cache(cell, options: dict):
 
 def distill_cell(task: Task, log) -> dict:
     """Load the cached set of the cell or produce it (runner.distilled_set); returns what evaluations need."""
-    from .data import load_split
-    from .method import Context, load_method
-    from .runner import RunRequest, distilled_set, check_ipc, device_name, resolve_device
+    from ..data import load_split
+    from ..method import Context, load_method
+    from ..runner import RunRequest, distilled_set, check_ipc, device_name, resolve_device
 
     cell, out = task.cell, Path(task.out)
     spec, cache_dir = _spec_and_cache(cell, task.options)
@@ -137,7 +137,7 @@ def distill_cell(task: Task, log) -> dict:
 def evaluate_task(task: Task, log) -> dict:
     """One evaluation; with world_size > 1, under torch DDP on that many local GPUs (rank 0's record)."""
     if task.world_size > 1:
-        from .ddp import spawn
+        from ..ddp import spawn
 
         log(f"spawning {task.world_size} DDP ranks")
         return spawn(_evaluate_rank, task.world_size, task)
@@ -151,17 +151,17 @@ def _evaluate_rank(task: Task) -> dict:
 
 
 def _rank() -> int:
-    from .ddp import rank
+    from ..ddp import rank
 
     return rank()
 
 
 def evaluate_cell(task: Task, log) -> dict:
     """Score the distilled set of the cell's distillation with its protocol; returns the record (not stored)."""
-    from .data import load_split
-    from .distilled import DistilledSet
-    from .protocol import load_protocol
-    from .runner import evaluate_cells, resolve_device
+    from ..data import load_split
+    from ..distilled import DistilledSet
+    from ..protocol import load_protocol
+    from ..runner import evaluate_cells, resolve_device
 
     cell, dist = task.cell, task.distilled
     spec, cache_dir = _spec_and_cache(cell, task.options)

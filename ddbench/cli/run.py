@@ -1,63 +1,36 @@
-"""The `ddbench` command line: argument parsing and printing only; the work lives in the modules it calls."""
+"""The commands that make and store results: run, evaluate, list, export, import, teacher (importing registers them)."""
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from pathlib import Path
 
-from .config import parse_overrides
-from .errors import DDBenchError
-
-COMMANDS = {}  # name -> (add_arguments, handler)
+from .options import add_data_options, add_model_options, command, int_list, options_of, split_overrides
+from ..config import parse_overrides
 
 
-def command(name: str, help: str):
-    def wrap(fn):
-        COMMANDS[name] = (help, fn)
-        return fn
-    return wrap
+@command("teacher", "train (or load) the classifier used as teacher and feature extractor")
+def cmd_teacher(p: argparse.ArgumentParser):
+    p.add_argument("action", choices=["train"])
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--arch", required=True)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe override, e.g. epochs=30")
+    add_data_options(p)
+
+    def handler(args):
+        from ..data import get_dataset, load_split
+        from ..method import default_cache_dir
+        from ..runner import resolve_device
+        from ..teacher import teacher_for
+
+        opts = options_of(args)
+        spec = get_dataset(args.dataset, imagenet_root=opts.get("imagenet_root"), data_root=opts.get("data_root"))
+        cache = Path(opts.get("cache_dir") or default_cache_dir())
+        train = load_split(spec, "train", cache_dir=cache / "data")
+        teacher_for(spec, args.arch, resolve_device(args.device), cache, train, cfg=parse_overrides(args.set) or None)
+        print(f"teacher {args.arch} for {spec.name} is trained and cached under {cache}")
+    return handler
 
 
-# ---------------------------------------------------------------------- shared options
-def add_data_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--imagenet-root", default=os.environ.get("DDBENCH_IMAGENET_ROOT"),
-                   help="ImageNet root with train/<wnid>/ and val/<wnid>/ (env DDBENCH_IMAGENET_ROOT)")
-    p.add_argument("--data-root", default=None, help="folder of an IDX dataset (fashion, mnist)")
-    p.add_argument("--cache-dir", default=None, help="cache for decoded data, teachers, generators (env DDBENCH_CACHE)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
-
-
-def add_model_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dit", default=os.environ.get("DDBENCH_DIT"), help="DiT checkpoint (.pt) or diffusers folder (env DDBENCH_DIT)")
-    p.add_argument("--vae", default=os.environ.get("DDBENCH_VAE"), help="AutoencoderKL folder, e.g. sd-vae-ft-mse (env DDBENCH_VAE)")
-    p.add_argument("--teacher", default=os.environ.get("DDBENCH_TEACHER"), help="torchvision-format teacher weights (env DDBENCH_TEACHER)")
-
-
-def options_of(args) -> dict:
-    keys = ("imagenet_root", "data_root", "cache_dir", "dit", "vae", "teacher", "set_metrics")
-    return {k: getattr(args, k) for k in keys if getattr(args, k, None)}
-
-
-def int_list(text: str) -> list[int]:
-    """'0,1,2' or '0-4' -> ints."""
-    out = []
-    for part in text.split(","):
-        lo, sep, hi = part.partition("-")
-        try:
-            out += list(range(int(lo), int(hi) + 1)) if sep else [int(lo)]
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a list of integers like 0,1,2 or 0-4") from None
-    return out
-
-
-def split_overrides(items: list[str]) -> tuple[dict, dict]:
-    """--set protocol.epochs=5 goes to the protocol card; anything else to the method config."""
-    over = parse_overrides(items or [])
-    return {k: v for k, v in over.items() if k != "protocol"}, over.get("protocol", {})
-
-
-# ---------------------------------------------------------------------- commands
 @command("run", "distill (cached) + evaluate + record")
 def cmd_run(p: argparse.ArgumentParser):
     p.add_argument("--method", required=True)
@@ -77,9 +50,9 @@ def cmd_run(p: argparse.ArgumentParser):
     add_model_options(p)
 
     def handler(args):
-        from .progress import progress_bar
-        from .report import print_summary
-        from .runner import RunRequest, run
+        from ..progress import progress_bar
+        from ..report import print_summary
+        from ..runner import RunRequest, run
 
         m_over, p_over = split_overrides(args.set)
         req = RunRequest(args.method, args.dataset, args.ipc, args.protocol, args.arch, args.seeds, args.eval_seeds,
@@ -103,9 +76,9 @@ def cmd_evaluate(p: argparse.ArgumentParser):
     add_data_options(p)
 
     def handler(args):
-        from .runner import evaluate_folder
-        from .progress import progress_bar
-        from .report import print_summary
+        from ..runner import evaluate_folder
+        from ..progress import progress_bar
+        from ..report import print_summary
 
         _, p_over = split_overrides(args.set)
         with progress_bar() as progress:
@@ -121,7 +94,7 @@ def cmd_list(p: argparse.ArgumentParser):
     p.add_argument("what", choices=["methods", "datasets", "protocols", "archs"])
 
     def handler(args):
-        from .report import print_listing
+        from ..report import print_listing
 
         print_listing(args.what)
     return handler
@@ -133,7 +106,7 @@ def cmd_export(p: argparse.ArgumentParser):
     p.add_argument("--out", default="runs", help="run directory holding results.db")
 
     def handler(args):
-        from .store import ResultStore
+        from ..store import ResultStore
 
         with ResultStore(Path(args.out) / "results.db") as store:
             n = store.export_jsonl(args.file)
@@ -148,39 +121,9 @@ def cmd_import(p: argparse.ArgumentParser):
     p.add_argument("--replace", action="store_true", help="replace records whose key exists with different content")
 
     def handler(args):
-        from .store import ResultStore
+        from ..store import ResultStore
 
         with ResultStore(Path(args.out) / "results.db") as store:
             result = store.import_jsonl(args.file, replace=args.replace)
         print(f"imported: {result}")
     return handler
-
-
-# ---------------------------------------------------------------------- entry point
-def build_parser() -> tuple[argparse.ArgumentParser, dict]:
-    parser = argparse.ArgumentParser(prog="ddbench", description="Dataset-distillation benchmark and leaderboard harness")
-    sub = parser.add_subparsers(dest="command", required=True)
-    handlers = {}
-    for name, (help, fn) in COMMANDS.items():
-        handlers[name] = fn(sub.add_parser(name, help=help, description=help))
-    return parser, handlers
-
-
-def main(argv: list[str] | None = None) -> int:
-    from . import commands  # noqa: F401  (registers the remaining commands)
-
-    parser, handlers = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        code = handlers[args.command](args)
-    except DDBenchError as e:
-        print(f"ddbench: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("ddbench: interrupted; finished work is kept and will be reused", file=sys.stderr)
-        return 130
-    return code or 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

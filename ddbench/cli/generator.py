@@ -9,9 +9,9 @@ import argparse
 import json
 from pathlib import Path
 
-from .cli import add_data_options, command, options_of
-from .config import parse_overrides
-from .errors import ConfigError
+from .options import add_data_options, command, options_of
+from ..config import parse_overrides
+from ..errors import ConfigError
 
 
 @command("generator", "train the self-trained generator of a dataset, or measure its sample quality")
@@ -30,11 +30,11 @@ def cmd_generator(p: argparse.ArgumentParser):
     add_data_options(p)
 
     def handler(args):
-        from .data import get_dataset, load_split
-        from .diffusion.generator import generator_quality, load_generator, trained_generator_path
-        from .method import Context, default_cache_dir, resolve_method_config
-        from .progress import progress_bar
-        from .runner import resolve_device
+        from ..data import get_dataset, load_split
+        from ..diffusion.generator import generator_quality, load_generator, trained_generator_path
+        from ..method import Context, default_cache_dir, resolve_method_config
+        from ..progress import progress_bar
+        from ..runner import resolve_device
 
         opts = options_of(args)
         spec = get_dataset(args.dataset, imagenet_root=opts.get("imagenet_root"), data_root=opts.get("data_root"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import command
-from .errors import DDBenchError
+from .options import command
+from ..errors import DDBenchError
 
 
 @command("sweep", "run a grid of methods × datasets × IPCs × seeds × protocols × archs (resumable, Ray or --local)")
@@ -34,12 +34,13 @@ def cmd_sweep(p: argparse.ArgumentParser):
     def handler(args):
         from rich.console import Console
 
-        from .config import parse_overrides
-        from .report import print_summary
-        from .store import ResultStore
-        from .sweep import PATH_ENV, load_grid, parse_only
-        from .sweep_exec import execute, plan_status
-        from .sweep_view import SweepView, print_cost, print_failures, print_plan, print_stale
+        from ..config import parse_overrides
+        from ..report import print_summary
+        from ..store import ResultStore
+        from ..sweep.expand import load_grid
+        from ..sweep.grid import PATH_ENV, parse_only
+        from ..sweep.execute import execute, plan_status
+        from ..sweep.view import SweepView, print_cost, print_failures, print_plan, print_stale
 
         if args.max_parallel is not None and args.max_parallel < 1:
             raise DDBenchError(f"--max-parallel must be at least 1, got {args.max_parallel}")

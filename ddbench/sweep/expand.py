@@ -6,13 +6,14 @@ order inside `--set`); for a protocol P: `*` < P < `--set`. A typo in any name f
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
-from .config import canonical_json, config_hash, deep_merge
-from .errors import ConfigError, DDBenchError
-from .registry import suggest
-from .sweep import (DEFAULT_RESOURCES, DistillCell, EvalCell, MethodEntry, Plan, axis, keep, method_entries,
-                    sub_grids)
+from ..config import canonical_json, config_hash, deep_merge
+from ..errors import ConfigError, DDBenchError
+from ..registry import suggest
+from .grid import (DEFAULT_RESOURCES, DistillCell, EvalCell, MethodEntry, Plan, axis, keep, method_entries,
+                   read_grid, resolve_paths, sub_grids)
 
 # ---------------------------------------------------------------------------------------------------------
 # Names
@@ -21,7 +22,7 @@ from .sweep import (DEFAULT_RESOURCES, DistillCell, EvalCell, MethodEntry, Plan,
 
 def check_methods(entries: list[MethodEntry], grid: str) -> None:
     """Every method must be registered when the sweep runs; name all the missing ones at once."""
-    from .method import list_methods
+    from ..method import list_methods
 
     known = list_methods()
     missing = sorted({e.name for e in entries if e.name not in known})
@@ -52,7 +53,7 @@ def check_named_keys(section: dict, known: set[str], where: str) -> None:
 
 
 def check_arch(arch: str, where: str) -> None:
-    from .nets import ARCHS, TIMM_PREFIX
+    from ..nets import ARCHS, TIMM_PREFIX
 
     if not isinstance(arch, str) or not (arch.startswith(TIMM_PREFIX) or arch in ARCHS):
         raise ConfigError(f"{where}: unknown arch {arch!r}.{suggest(str(arch), ARCHS.names())} Known archs: "
@@ -62,8 +63,8 @@ def check_arch(arch: str, where: str) -> None:
 def dataset_kind(name: str, options: dict) -> str:
     """The dataset's kind (embedded | imagenet | imagefolder); unknown names fail with suggestions. When the
     data are missing here the kind is still known from the name, and the distillation cell will fail instead."""
-    from .data import DATASETS, get_dataset
-    from .data.spec import read_class_list
+    from ..data import DATASETS, get_dataset
+    from ..data.spec import read_class_list
 
     DATASETS.get("imagefolder" if name.startswith("imagefolder:") else name)
     try:
@@ -124,8 +125,8 @@ def protocol_overrides(name: str, overrides: dict, sets: dict) -> dict:
 
 def expand(grid: dict, sets: dict, only: dict, options: dict | None = None) -> Plan:
     """All cells of `grid` that pass `only`; distillation cells shared by every evaluation of the same set."""
-    from .method import list_methods
-    from .protocol import list_protocols
+    from ..method import list_methods
+    from ..protocol import list_protocols
 
     options = options or {}
     subs = sub_grids(grid)
@@ -157,7 +158,7 @@ def _check_keys_of(d: dict, allowed: tuple, where: str) -> None:
 
 
 def expand_sub(plan: Plan, sub: dict, sets: dict, only: dict, options: dict, cache: dict) -> None:
-    from .method import load_method
+    from ..method import load_method
 
     where = sub["where"]
     datasets = [d for d in axis(sub, "datasets") if keep(only, "dataset", d)]
@@ -198,7 +199,7 @@ def add_distill(plan: Plan, cell: DistillCell, where: str) -> DistillCell:
 
 
 def protocol_for(name: str, p_over: dict, cache: dict):
-    from .protocol import load_protocol
+    from ..protocol import load_protocol
 
     key = ("protocol", name, canonical_json(p_over))
     if key not in cache:
@@ -207,7 +208,7 @@ def protocol_for(name: str, p_over: dict, cache: dict):
 
 
 def default_arch(protocol, dataset: str, kind: str) -> str | None:
-    from .runner import default_arch as runner_default
+    from ..runner import default_arch as runner_default
 
     try:
         return runner_default(protocol, SimpleNamespace(kind=kind, name=dataset))
@@ -216,7 +217,7 @@ def default_arch(protocol, dataset: str, kind: str) -> str | None:
 
 
 def add_evals(plan: Plan, dcell: DistillCell, sub: dict, kind: str, sets: dict, only: dict, cache: dict) -> None:
-    from .runner import default_protocol
+    from ..runner import default_protocol
 
     where = sub["where"]
     protocols = sub.get("protocols") or [default_protocol(SimpleNamespace(kind=kind))]
@@ -248,3 +249,13 @@ def add_evals(plan: Plan, dcell: DistillCell, sub: dict, kind: str, sets: dict, 
                                       "a store key holds one number, so make the sub-grids disjoint")
     if not plan.evals_of(dcell.id):  # every evaluation filtered away: nothing needs this set
         plan.distills.pop(dcell.id, None)
+
+
+def load_grid(path, *, out: Path = Path("runs"), sets: dict | None = None, only: dict | None = None,
+              flags: dict | None = None) -> Plan:
+    """Read and expand a grid file into a Plan (every name and override checked; nothing runs)."""
+    grid = read_grid(path)
+    options = resolve_paths(grid, flags, out)
+    plan = expand(grid, sets or {}, only or {}, options)
+    plan.options = options
+    return plan

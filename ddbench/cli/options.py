@@ -1,0 +1,51 @@
+"""Shared pieces of the command line: the command registry and the options several commands take."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from ..config import parse_int_list, parse_overrides
+from ..errors import ConfigError
+
+COMMANDS = {}  # name -> (add_arguments, handler)
+
+
+def command(name: str, help: str):
+    def wrap(fn):
+        COMMANDS[name] = (help, fn)
+        return fn
+    return wrap
+
+
+# ---------------------------------------------------------------------- shared options
+def add_data_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--imagenet-root", default=os.environ.get("DDBENCH_IMAGENET_ROOT"),
+                   help="ImageNet root with train/<wnid>/ and val/<wnid>/ (env DDBENCH_IMAGENET_ROOT)")
+    p.add_argument("--data-root", default=None, help="folder of an IDX dataset (fashion, mnist)")
+    p.add_argument("--cache-dir", default=None, help="cache for decoded data, teachers, generators (env DDBENCH_CACHE)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+
+
+def add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dit", default=os.environ.get("DDBENCH_DIT"), help="DiT checkpoint (.pt) or diffusers folder (env DDBENCH_DIT)")
+    p.add_argument("--vae", default=os.environ.get("DDBENCH_VAE"), help="AutoencoderKL folder, e.g. sd-vae-ft-mse (env DDBENCH_VAE)")
+    p.add_argument("--teacher", default=os.environ.get("DDBENCH_TEACHER"), help="torchvision-format teacher weights (env DDBENCH_TEACHER)")
+
+
+def options_of(args) -> dict:
+    keys = ("imagenet_root", "data_root", "cache_dir", "dit", "vae", "teacher", "set_metrics")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None)}
+
+
+def int_list(text: str) -> list[int]:
+    """'0,1,2' or '0-4' -> ints (argparse type: a bad list is a usage error naming the text)."""
+    try:
+        return parse_int_list(text)
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def split_overrides(items: list[str]) -> tuple[dict, dict]:
+    """--set protocol.epochs=5 goes to the protocol card; anything else to the method config."""
+    over = parse_overrides(items or [])
+    return {k: v for k, v in over.items() if k != "protocol"}, over.get("protocol", {})
