@@ -8,7 +8,7 @@ import argparse
 import sys
 
 from ..errors import DDBenchError
-from . import generator, inspect, report, run, sweep  # noqa: F401  (importing a module registers its commands)
+from . import run, report, sweep, generator, inspect  # noqa: F401,I001  (importing registers the commands, in help order)
 from .options import COMMANDS
 
 
