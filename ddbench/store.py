@@ -1,10 +1,11 @@
-"""The results store: one SQLite row per evaluated (method, dataset, ipc, seed, protocol, arch, eval_seed).
+"""The results store: one SQLite row per evaluated (method, dataset, ipc, seed, protocol, arch, eval_seed,
+config_hash).
 
 A real database, so that a sweep killed half-way, two runs writing at once, or stores merged from several
 machines never lose or duplicate a number:
 - WAL journal + a busy timeout: readers never block, concurrent writers queue instead of failing;
 - the key is a UNIQUE constraint: adding a row that exists keeps the existing one (nothing computed is lost)
-  unless `replace=True`;
+  unless `replace=True`; `config_hash` in the key makes a changed configuration a new row, never a reuse;
 - the schema version lives in `PRAGMA user_version`; older stores are migrated on open, newer ones refused;
 - JSONL export/import is an exact round trip (sorted keys, stable row order) for publishing and merging.
 Columns, types and the version policy: docs/results-schema.md.
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------- record
 
-KEY_FIELDS = ("method", "dataset", "ipc", "seed", "protocol", "arch", "eval_seed")
+KEY_FIELDS = ("method", "dataset", "ipc", "seed", "protocol", "arch", "eval_seed", "config_hash")
 
 
 class _RequiredFields(TypedDict):
@@ -46,12 +47,13 @@ class _RequiredFields(TypedDict):
     protocol: str          # protocol card name, e.g. "idc"
     arch: str              # evaluation network, e.g. "resnetap10"
     eval_seed: int         # seed of the evaluation run (network init, augmentation, batches)
+    config_hash: str       # hash of everything else that can change the number (runner.cell_config_hash)
     acc_last: float        # test accuracy (%) after the last epoch: the honest number
     acc_best: float        # best test accuracy (%) over the evaluation points (paper-compatible)
 
 
 class ResultRecord(_RequiredFields, total=False):
-    """One stored result; the first nine fields are required, the rest default to None (see the schema doc)."""
+    """One stored result; the first ten fields are required, the rest default to None (see the schema doc)."""
 
     best_epoch: int | None
     method_version: str | None      # card versions; ints/floats from YAML are stored as text
@@ -75,7 +77,7 @@ class ResultRecord(_RequiredFields, total=False):
 COLUMNS: dict[str, tuple[str, str]] = {
     "method": ("TEXT", "name"), "dataset": ("TEXT", "name"), "ipc": ("INTEGER", "int"),
     "seed": ("INTEGER", "int"), "protocol": ("TEXT", "name"), "arch": ("TEXT", "name"),
-    "eval_seed": ("INTEGER", "int"),
+    "eval_seed": ("INTEGER", "int"), "config_hash": ("TEXT", "name"),
     "acc_last": ("REAL", "float"), "acc_best": ("REAL", "float"), "best_epoch": ("INTEGER", "int"),
     "method_version": ("TEXT", "version"), "protocol_version": ("TEXT", "version"),
     "method_config": ("TEXT", "dict"), "protocol_config": ("TEXT", "dict"),
@@ -90,12 +92,31 @@ SCALAR_COLUMNS = [c for c, (_, kind) in COLUMNS.items() if kind not in JSON_KIND
 
 
 def record_key(record: Mapping[str, Any]) -> tuple:
-    """The unique key of a record: (method, dataset, ipc, seed, protocol, arch, eval_seed)."""
+    """The unique key of a record: (method, dataset, ipc, seed, protocol, arch, eval_seed, config_hash)."""
     missing = [k for k in KEY_FIELDS if record.get(k) is None]
     if missing:
         raise StoreError(f"result record lacks key field(s) {', '.join(missing)}; a record needs all of "
                          f"{', '.join(KEY_FIELDS)}")
     return tuple(_check(k, record[k]) for k in KEY_FIELDS)
+
+
+def derived_config_hash(record: Mapping[str, Any]) -> str:
+    """`rec-<12 hex>`: the config hash of a record made without one (a store of schema 1, an older JSONL
+    export, a hand-made record), from the card versions and resolved configs it holds. The runner's hashes
+    also cover the dataset identity and the weights used, so a derived hash never equals a runner's: such
+    a record is kept and shown as its own cell, and never answers a new run."""
+    from .config import config_hash
+
+    fields = ("method_version", "method_config", "protocol_version", "protocol_config")
+    return "rec-" + config_hash({f: _version(record.get(f)) if f.endswith("version") else record.get(f)
+                                 for f in fields})
+
+
+def _with_config_hash(record: Mapping[str, Any]) -> dict:
+    rec = dict(record)
+    if rec.get("config_hash") is None:
+        rec["config_hash"] = derived_config_hash(rec)
+    return rec
 
 
 def _json_default(obj: Any) -> Any:
@@ -160,15 +181,38 @@ def _from_row(row: Iterable[Any]) -> ResultRecord:
 
 # ---------------------------------------------------------------------------------------------- schema
 
-_COLS_SQL = ",\n  ".join(f"{c} {t}{' NOT NULL' if c in REQUIRED else ''}" for c, (t, _) in COLUMNS.items())
-# MIGRATIONS[i] takes a store from schema i to i + 1 (0 = empty file). Append only; never edit a shipped step.
-MIGRATIONS: list[str] = [
-    f"""CREATE TABLE results (
-  id INTEGER PRIMARY KEY,
-  {_COLS_SQL},
-  UNIQUE ({", ".join(KEY_FIELDS)})
-);
-CREATE INDEX results_by_dataset ON results (dataset, protocol, ipc);""",
+def _table_sql(table: str, columns: Iterable[str], key: Iterable[str]) -> str:
+    cols = ",\n  ".join(f"{c} {COLUMNS[c][0]}{' NOT NULL' if c in REQUIRED else ''}" for c in columns)
+    return f"CREATE TABLE {table} (\n  id INTEGER PRIMARY KEY,\n  {cols},\n  UNIQUE ({', '.join(key)})\n)"
+
+
+# Schema 1 as shipped: every column but config_hash, keyed without it.
+_V1_COLUMNS = [c for c in COLUMNS if c != "config_hash"]
+_V1_KEY = [k for k in KEY_FIELDS if k != "config_hash"]
+_INDEX_SQL = "CREATE INDEX results_by_dataset ON results (dataset, protocol, ipc)"
+
+
+def _add_config_hash(con: sqlite3.Connection) -> None:
+    """Schema 1 -> 2: `config_hash` joins the key. SQLite cannot change a UNIQUE constraint in place, so the
+    table is copied into a new one; every old row is kept, with the hash derived from its own versions and
+    configs (`derived_config_hash`), so that rows of different configs stay apart."""
+    con.execute(_table_sql("results_v2", COLUMNS, KEY_FIELDS))
+    names = ", ".join(_V1_COLUMNS)
+    insert = f"INSERT INTO results_v2 (id, {names}, config_hash) VALUES ({', '.join('?' * (len(_V1_COLUMNS) + 2))})"
+    for row in con.execute(f"SELECT id, {names} FROM results ORDER BY id").fetchall():
+        old = {c: json.loads(v) if COLUMNS[c][1] in JSON_KINDS and v is not None else v
+               for c, v in zip(_V1_COLUMNS, row[1:])}
+        con.execute(insert, (*row, derived_config_hash(old)))
+    con.execute("DROP TABLE results")
+    con.execute("ALTER TABLE results_v2 RENAME TO results")
+    con.execute(_INDEX_SQL)
+
+
+# MIGRATIONS[i] takes a store from schema i to i + 1 (0 = empty file): SQL statements, or a function of the
+# connection for a step SQL alone cannot express. Append only; never edit a shipped step.
+MIGRATIONS: list = [
+    _table_sql("results", _V1_COLUMNS, _V1_KEY) + ";\n" + _INDEX_SQL,
+    _add_config_hash,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 DEFAULT_NAME = "results.db"     # file used when ResultStore is given a directory
@@ -202,8 +246,10 @@ def _migrate(con: sqlite3.Connection, path: Path) -> None:
         if version > SCHEMA_VERSION:  # a newer ddbench migrated it since we looked: never downgrade the number
             raise _too_new(path, version)
         for step in range(version, SCHEMA_VERSION):
+            if callable(MIGRATIONS[step]):
+                MIGRATIONS[step](con)
             # statement by statement: executescript() would COMMIT first and break the all-or-nothing step
-            for stmt in filter(str.strip, MIGRATIONS[step].split(";")):
+            for stmt in filter(str.strip, "" if callable(MIGRATIONS[step]) else MIGRATIONS[step].split(";")):
                 con.execute(stmt)
             log.info("results store %s migrated from schema %d to %d", path, step, step + 1)
         con.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
@@ -314,9 +360,10 @@ class ResultStore:
     def add(self, record: Mapping[str, Any], *, replace: bool = False) -> bool:
         """Insert `record`; True if stored. An existing key is kept (False) unless `replace=True`.
 
-        `created_at`, `host` and `code_version` are filled in when absent (this process made the record).
+        `created_at`, `host` and `code_version` are filled in when absent (this process made the record), and
+        `config_hash` by `derived_config_hash` (a record made without the runner).
         """
-        rec = dict(record)
+        rec = _with_config_hash(record)
         for field, value in (("created_at", _utc_now), ("host", socket.gethostname), ("code_version", code_version)):
             if rec.get(field) is None:
                 rec[field] = value()
@@ -332,7 +379,7 @@ class ResultStore:
         rows = []
         for line, rec in _read_jsonl(Path(path)):  # validate everything before writing anything
             try:
-                rows.append((line, _to_row(rec)))
+                rows.append((line, _to_row(_with_config_hash(rec))))  # older exports have no config_hash
             except StoreError as e:
                 raise StoreError(f"{path}:{line}: {e}") from None
         added, skipped, conflicts = 0, 0, []
@@ -364,9 +411,10 @@ class ResultStore:
 
     # ---- reading
     def has(self, key: Mapping[str, Any]) -> bool:
-        """Whether a row with this key exists (`key` may be a whole record; other fields are ignored)."""
+        """Whether a row with this key exists (`key` may be a whole record; other fields are ignored; without
+        `config_hash`, the one `add` would give it)."""
         sql = f"SELECT 1 FROM results WHERE {_KEY_WHERE} LIMIT 1"
-        return self._execute(sql, record_key(key)).fetchone() is not None
+        return self._execute(sql, record_key(_with_config_hash(key))).fetchone() is not None
 
     def query(self, **filters: Any) -> list[ResultRecord]:
         """Records matching `column=value` filters (a list/tuple/set value means any of them), in key order."""
@@ -472,18 +520,18 @@ def _atomic_write(path: Path, text: str) -> None:
 
 # ---------------------------------------------------------------------------------------------- summary
 
-SUMMARY_GROUP = ("method", "dataset", "ipc", "protocol", "arch", "method_version", "protocol_version")
+SUMMARY_GROUP = ("method", "dataset", "ipc", "protocol", "arch", "method_version", "protocol_version", "config_hash")
 
 
 def summary(records: Iterable[Mapping[str, Any]]) -> list[dict]:
     """Mean / sample std (n-1; 0 for n=1) / n of acc_last and acc_best over seeds and eval seeds.
 
     Groups by the key without seed and eval_seed, and by the card versions: numbers of different method or
-    protocol versions are never averaged together. Sorted by the group fields.
+    protocol versions, or of different config hashes, are never averaged together. Sorted by the group fields.
     """
     groups: dict[tuple, list[Mapping[str, Any]]] = {}
     for r in records:
-        key = tuple(r.get(k) for k in SUMMARY_GROUP[:5]) + tuple(_version(r.get(k)) for k in SUMMARY_GROUP[5:])
+        key = tuple(_version(r.get(k)) if k.endswith("_version") else r.get(k) for k in SUMMARY_GROUP)
         groups.setdefault(key, []).append(r)
     out = []
     for key in sorted(groups, key=lambda g: tuple("" if v is None else v for v in g)):

@@ -17,7 +17,7 @@ from ddbench.store import KEY_FIELDS, ResultStore, record_key, summary
 def make_record(method="mgd3", dataset="fashion", ipc=10, seed=0, protocol="dc", arch="convnet3", eval_seed=0,
                 acc=50.0, **over):
     rec = dict(method=method, dataset=dataset, ipc=ipc, seed=seed, protocol=protocol, arch=arch,
-               eval_seed=eval_seed, acc_last=acc, acc_best=acc + 1.5, best_epoch=300,
+               eval_seed=eval_seed, config_hash="0123456789abcdef", acc_last=acc, acc_best=acc + 1.5, best_epoch=300,
                method_version="2", protocol_version=1,
                method_config={"guidance": {"scale": 0.1 + 0.2, "steps": 50}, "name": "mgd³ – ü"},
                protocol_config={"epochs": 300, "lr": 0.01}, distilled_sha256="ab" * 32,
@@ -62,6 +62,7 @@ def test_add_fills_provenance_and_optional_fields(store):
     minimal = {k: make_record()[k] for k in KEY_FIELDS + ("acc_last", "acc_best")}
     assert store.add(minimal)
     rec = store.query()[0]
+    assert rec["config_hash"] == "0123456789abcdef"
     assert rec["created_at"].endswith("+00:00") and rec["host"] and rec["code_version"] == store_mod.code_version()
     assert rec["timings"] is None and rec["best_epoch"] is None
 
@@ -93,7 +94,7 @@ def test_invalid_records_are_refused(store, change, match):
 
 
 def test_record_key_and_filters(store):
-    assert record_key(make_record()) == ("mgd3", "fashion", 10, 0, "dc", "convnet3", 0)
+    assert record_key(make_record()) == ("mgd3", "fashion", 10, 0, "dc", "convnet3", 0, "0123456789abcdef")
     with pytest.raises(StoreError, match="lacks key field.*arch"):
         store.has({k: 1 for k in KEY_FIELDS if k != "arch"})
     with pytest.raises(StoreError, match="Did you mean dataset"):
@@ -174,6 +175,61 @@ def test_older_schema_is_migrated(tmp_path, monkeypatch):
     assert con.execute("PRAGMA user_version").fetchone()[0] == store_mod.SCHEMA_VERSION
     assert "note" in [r[1] for r in con.execute("PRAGMA table_info(results)")]
     con.close()
+
+
+# The schema-1 table exactly as ddbench 0.1 shipped it: the key had no config hash.
+V1_TABLE = """CREATE TABLE results (
+  id INTEGER PRIMARY KEY, method TEXT NOT NULL, dataset TEXT NOT NULL, ipc INTEGER NOT NULL, seed INTEGER NOT NULL,
+  protocol TEXT NOT NULL, arch TEXT NOT NULL, eval_seed INTEGER NOT NULL, acc_last REAL NOT NULL,
+  acc_best REAL NOT NULL, best_epoch INTEGER, method_version TEXT, protocol_version TEXT, method_config TEXT,
+  protocol_config TEXT, distilled_sha256 TEXT, distilled_path TEXT, code_version TEXT, device TEXT, hardware TEXT,
+  timings TEXT, peak_mem TEXT, curve TEXT, extra TEXT, created_at TEXT, host TEXT,
+  UNIQUE (method, dataset, ipc, seed, protocol, arch, eval_seed))"""
+
+
+def test_schema_1_store_opens_migrates_and_keeps_every_row(tmp_path):
+    path = tmp_path / "old.db"
+    con = sqlite3.connect(path)
+    con.execute(V1_TABLE)
+    rows = [("random", "digits", 1, 0, "dc", "convnet3", e, 30.0 + e, 31.0, '{"epochs": 1}', "1") for e in range(3)]
+    rows.append(("random", "digits", 1, 0, "dc", "convnet3", 9, 60.0, 61.0, '{"epochs": 3}', "1"))
+    con.executemany("INSERT INTO results (method, dataset, ipc, seed, protocol, arch, eval_seed, acc_last, acc_best, "
+                    "protocol_config, protocol_version) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    con.execute("PRAGMA user_version = 1")
+    con.commit()
+    con.close()
+    with ResultStore(path) as s:
+        got = s.query()
+        assert len(s) == 4 and [r["acc_last"] for r in got] == [30.0, 31.0, 32.0, 60.0]
+        hashes = [r["config_hash"] for r in got]
+        assert all(h.startswith("rec-") for h in hashes)
+        assert len(set(hashes[:3])) == 1 and hashes[3] != hashes[0]  # another protocol config: another hash
+        assert got[0]["protocol_config"] == {"epochs": 1}
+        # the new key: the same seven fields under a new config hash are a new row, the old one stays
+        assert s.add(dict(got[0], config_hash="fresh", acc_last=99.0))
+        assert sorted(r["acc_last"] for r in s.query(eval_seed=0)) == [30.0, 99.0]
+    con = sqlite3.connect(path)
+    assert con.execute("PRAGMA user_version").fetchone()[0] == store_mod.SCHEMA_VERSION == 2
+    assert "config_hash" in [r[1] for r in con.execute("PRAGMA table_info(results)")]
+    con.close()
+
+
+def test_records_differing_only_in_config_hash_are_two_rows_and_two_summary_groups(store):
+    assert store.add(make_record(acc=40.0, config_hash="aaaa"))
+    assert store.add(make_record(acc=80.0, config_hash="bbbb"))
+    assert store.add(make_record(acc=10.0, config_hash="aaaa")) is False  # same key: kept
+    assert len(store) == 2 and store.has(make_record(config_hash="bbbb")) and not store.has(make_record())
+    rows = summary(store.query())
+    assert [(r["config_hash"], r["acc_last_mean"], r["n"]) for r in rows] == [("aaaa", 40.0, 1), ("bbbb", 80.0, 1)]
+
+
+def test_older_export_without_config_hash_imports_with_a_derived_hash(tmp_path, store):
+    old = {k: v for k, v in make_record().items() if k != "config_hash"}
+    path = tmp_path / "old.jsonl"
+    path.write_text(json.dumps(old) + "\n")
+    assert tuple(store.import_jsonl(path)) == (1, 0)
+    assert tuple(store.import_jsonl(path)) == (0, 1)  # the derived hash is stable: importing twice adds nothing
+    assert store.query()[0]["config_hash"] == store_mod.derived_config_hash(old)
 
 
 def test_unwritable_or_foreign_paths(tmp_path):
