@@ -143,6 +143,16 @@ class TorchvisionResNet18(ClassifierAlias, torchvision.models.ResNet):
 # ---------------------------------------------------------------------------------------------------------
 
 
+def check_timm_name(name: str) -> None:
+    """A ConfigError with suggestions unless timm knows the model `name` (the part after "timm:")."""
+    import timm  # heavy import, only when a timm model is asked for
+
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
+        hint = f" Did you mean {', '.join(TIMM_PREFIX + c for c in close)}?" if close else ""
+        raise ConfigError(f"timm has no model {name!r}.{hint} See timm.list_models() for the known names.")
+
+
 def _create_timm(timm, name: str, channels: int, num_classes: int, im_size: int, kw: dict) -> nn.Module:
     args = dict(pretrained=False, num_classes=num_classes, in_chans=channels, **kw)
     try:
@@ -169,10 +179,7 @@ class TimmNet(ClassifierAlias, nn.Module):
         super().__init__()
         import timm  # heavy import, only when a timm model is asked for
 
-        if not timm.is_model(name):
-            close = difflib.get_close_matches(name, timm.list_models(), n=3, cutoff=0.6)
-            hint = f" Did you mean {', '.join(TIMM_PREFIX + c for c in close)}?" if close else ""
-            raise ConfigError(f"timm has no model {name!r}.{hint} See timm.list_models() for the known names.")
+        check_timm_name(name)
         self.model = _create_timm(timm, name, channels, num_classes, im_size, kw)
         self.feature_dim = int(getattr(self.model, "head_hidden_size", None) or self.model.num_features)
 

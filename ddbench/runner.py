@@ -3,10 +3,12 @@
 Every step is idempotent so a killed run resumes where it stopped:
 - a distilled set lives at `<out>/distilled/<method>/<dataset>/ipc<K>-seed<S>-<key>` (key = hash of the
   method's resolved config, card version, IPC and seed) and is reused when its manifest is there;
-- each (arch, eval seed) evaluation is written to the store as soon as it finishes, and skipped next time.
+- each (arch, eval seed) evaluation is written to the store as soon as it finishes, and skipped next time
+  when its record is there under the same config hash (`cell_config_hash`); `rerun=True` evaluates anew.
 """
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import time
@@ -18,6 +20,7 @@ import torch
 from . import ddp
 from .data import get_dataset, list_files, load_split
 from .distilled import MANIFEST, DistilledSet
+from .config import config_hash
 from .errors import ConfigError, DataError
 from .method import Context, default_cache_dir, load_method
 from .protocol import load_protocol
@@ -38,6 +41,7 @@ class RunRequest:
     out: Path = Path("runs")
     device: str = "auto"
     options: dict = field(default_factory=dict)  # imagenet_root, data_root, dit, vae, teacher, cache_dir
+    rerun: bool = False  # evaluate every cell anew, replacing records of the same config hash
 
 
 def resolve_device(name: str) -> torch.device:
@@ -60,6 +64,59 @@ def hardware_info(device: torch.device) -> dict:
     if device.type == "cuda":
         info["cuda"] = torch.version.cuda
     return info
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The config hash: what a stored record must share with a cell to answer it
+# ---------------------------------------------------------------------------------------------------------
+
+
+def dataset_identity(spec) -> dict:
+    """What of a dataset can move a number: its name, class order, resolutions, channels and normalisation
+    (not its root folder, which differs between machines holding the same data)."""
+    return {"name": spec.name, "classes": list(spec.classes), "resolution": spec.resolution,
+            "test_resolution": spec.test_resolution, "channels": spec.channels, "mean": list(spec.mean),
+            "std": list(spec.std)}
+
+
+def file_identity(path) -> dict:
+    """A user-supplied weights file or folder, by file name and size in bytes (cheap for a 2.7 GB DiT, and the
+    same on every machine that holds the same file)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        size = sum(f.stat().st_size for f in sorted(p.rglob("*")) if f.is_file())
+    else:
+        size = p.stat().st_size if p.is_file() else None
+    return {"name": p.name, "bytes": size}
+
+
+def weights_identity(method_kind: str, method_cfg: dict, protocol, spec, options: dict) -> dict:
+    """The user-supplied weights this cell reads: the DiT and VAE of a diffusion method on an ImageNet subset,
+    the teacher of a soft-label protocol or an inversion method. A path given but not read changes nothing."""
+    used = []
+    if method_kind == "diffusion" and spec.kind == "imagenet":
+        used += ["dit", "vae"]
+    if method_kind == "inversion" or protocol.card.get("family") == "soft":
+        used.append("teacher")
+    out = {}
+    for key in used:
+        path = (options.get(key) or os.environ.get(f"DDBENCH_{key.upper()}") or method_cfg.get(key)
+                or method_cfg.get(f"{key}_path"))
+        if path:
+            out[key] = file_identity(path)
+    return out
+
+
+def cell_config_hash(info: dict, protocol, spec, options: dict) -> str:
+    """16 hex digits over everything besides the record key that can change a number: the method's card version
+    and resolved config (`info`: method_version, method_config, method_kind), the resolved protocol card (its
+    version included), the dataset identity, the weights read, and `info["set_sha256"]` for a set scored from a
+    folder. Two records of one key and different hashes are two cells."""
+    return config_hash({"method_version": str(info.get("method_version")), "method_config": info.get("method_config"),
+                        "protocol": protocol.card, "dataset": dataset_identity(spec),
+                        "weights": weights_identity(info.get("method_kind", ""), info.get("method_config") or {},
+                                                    protocol, spec, options),
+                        "set": info.get("set_sha256")}, n=16)
 
 
 def default_protocol(spec) -> str:
@@ -109,16 +166,33 @@ def default_arch(protocol, spec) -> str:
 
 
 def check_archs(archs: list[str]) -> None:
-    """Fail on an unknown network before anything is distilled (timm names are checked when built)."""
-    from .nets import ARCHS
+    """Fail on an unknown network before anything is distilled (a `timm:` name against timm's own list)."""
+    from .nets import ARCHS, TIMM_PREFIX, check_timm_name
 
     for arch in archs:
-        if not arch.startswith("timm:"):
+        if arch.startswith(TIMM_PREFIX):
+            check_timm_name(arch[len(TIMM_PREFIX):])
+        else:
             ARCHS.get(arch)
 
 
+def check_data(spec) -> None:
+    """Read the headers of both splits (labels, folder structure; an embedded dataset's IDX files in full, a few
+    MB) so that a corrupt or missing file fails before anything expensive runs, not after distilling."""
+    from .data.embedded import read_idx, source_files
+
+    for split in ("train", "test"):
+        list_files(spec, split)
+        for path in source_files(spec, split):
+            read_idx(path)
+
+
 def run(req: RunRequest, progress=None, log=print) -> list[dict]:
-    """Execute a run request; returns the result records it produced or found in the store."""
+    """Execute a run request; returns the result records it produced or found in the store.
+
+    Every input is checked before the first expensive step (distilling, the set metrics, evaluation): names,
+    card values after `--set`, networks, data files, and the weights files given; a bad one leaves nothing behind.
+    """
     distributed = ddp.setup()  # under torchrun: one process per GPU, rank 0 distils and writes the store
     if distributed and not ddp.is_main():
         log = lambda *_: None  # noqa: E731  (only rank 0 speaks)
@@ -133,6 +207,9 @@ def run(req: RunRequest, progress=None, log=print) -> list[dict]:
     device = resolve_device(req.device)
     if distributed and device.type == "cuda":
         device = torch.device("cuda", ddp.env_world()[1])
+    info = {"method_version": method.version, "method_config": method.cfg, "method_kind": method.card.get("kind", "")}
+    cell_hash = cell_config_hash(info, protocol, spec, req.options)  # reads the weights files' sizes: they exist
+    check_data(spec)
     out = Path(req.out)
     store = ResultStore(out / "results.db")
     cache_dir = Path(req.options.get("cache_dir") or default_cache_dir())
@@ -149,24 +226,27 @@ def run(req: RunRequest, progress=None, log=print) -> list[dict]:
     records, prepared = [], {}
     for seed in req.seeds:
         keys = [dict(method=method.name, dataset=spec.name, ipc=req.ipc, seed=seed, protocol=protocol_name,
-                     arch=a, eval_seed=e) for a in archs for e in req.eval_seeds]
-        todo = [k for k in keys if not store.has(k)]
+                     arch=a, eval_seed=e, config_hash=cell_hash) for a in archs for e in req.eval_seeds]
+        todo = list(keys) if req.rerun else [k for k in keys if not store.has(k)]
         records += [r for k in keys if k not in todo for r in store.query(**k)]
         if not todo:
-            log(f"seed {seed}: all {len(keys)} evaluations already recorded in {store.path}; skipping")
+            log(f"seed {seed}: all {len(keys)} evaluations already recorded in {store.path} (config {cell_hash}); "
+                "skipping (--rerun evaluates them anew)")
             continue
+        if test is None:  # before distilling: a test split that cannot be read must not cost a distillation
+            test = load_split(spec, "test", cache_dir=cache_dir / "data")
         with ddp.main_first():  # rank 0 distils and saves; the other ranks then load the saved set
             dset, phases = distilled_set(method, ctx, req, spec, seed, out, prepared, log)
-            if test is None:
-                test = load_split(spec, "test", cache_dir=cache_dir / "data")
-        info = {"method_version": method.version, "method_config": method.cfg}
-        records += evaluate_cells(dset, spec, protocol, todo, store, test, device, info, phases, log)
+        info_out = {k: v for k, v in info.items() if k != "method_kind"}
+        records += evaluate_cells(dset, spec, protocol, todo, store, test, device, info_out, phases, log,
+                                  replace=req.rerun)
     store.close()
     return records
 
 
-def evaluate_cells(dset, spec, protocol, keys, store, test, device, info, phases, log) -> list[dict]:
-    """Evaluate `dset` for each record key and store each record as soon as it exists."""
+def evaluate_cells(dset, spec, protocol, keys, store, test, device, info, phases, log, replace=False) -> list[dict]:
+    """Evaluate `dset` for each record key (config_hash included) and store each record as soon as it exists;
+    `replace` overwrites a stored record of the same key (--rerun)."""
     sha = dset.provenance.get("sha256") or dset.sha256()
     records = []
     for key in keys:
@@ -180,7 +260,7 @@ def evaluate_cells(dset, spec, protocol, keys, store, test, device, info, phases
                   "peak_mem": {**phases["peak_mem"], "evaluate": max(result.peak_mem_mb, meter.peak_mb)},
                   "curve": result.curve, "extra": _extra(result.extra, phases)}
         if ddp.is_main():
-            store.add(record)
+            store.add(record, replace=replace)
         records.append(record)
         log(f"{key['arch']} eval-seed {key['eval_seed']}: last {result.acc_last:.2f}%  best {result.acc_best:.2f}%")
     return records
@@ -194,8 +274,12 @@ def _extra(extra: dict | None, phases: dict) -> dict | None:
 
 
 def evaluate_folder(path: Path, dataset: str, name: str | None, protocol_name: str | None, archs, eval_seeds,
-                    protocol_overrides: dict, out: Path, device: str, options: dict, log=print) -> list[dict]:
-    """Score an existing folder of distilled images (a ddbench set or any ImageFolder) and record it."""
+                    protocol_overrides: dict, out: Path, device: str, options: dict, log=print,
+                    rerun: bool = False) -> list[dict]:
+    """Score an existing folder of distilled images (a ddbench set or any ImageFolder) and record it.
+
+    The config hash covers the set's content (sha256), not the folder's path: the same set scored from another
+    place answers from the store, a changed set is evaluated anew."""
     spec = get_dataset(dataset, imagenet_root=options.get("imagenet_root"), data_root=options.get("data_root"))
     protocol_name = protocol_name or default_protocol(spec)
     protocol = load_protocol(protocol_name, protocol_overrides)
@@ -204,18 +288,21 @@ def evaluate_folder(path: Path, dataset: str, name: str | None, protocol_name: s
     dev = resolve_device(device)
     dset = DistilledSet.load(path, classes=spec.classes, size=spec.resolution, channels=spec.channels)
     dset.provenance["path"] = str(path)
+    cell_hash = cell_config_hash({"method_version": 0, "method_config": {}, "set_sha256": dset.sha256()},
+                                 protocol, spec, options)
+    check_data(spec)
     cache_dir = Path(options.get("cache_dir") or default_cache_dir())
     protocol.options = {"cache_dir": str(cache_dir), "teacher": options.get("teacher")}
     test = load_split(spec, "test", cache_dir=cache_dir / "data")
     method = name or f"external:{Path(path).resolve().name}"
-    keys = [dict(method=method, dataset=spec.name, ipc=dset.ipc, seed=0, protocol=protocol_name, arch=a, eval_seed=e)
-            for a in archs for e in eval_seeds]
+    keys = [dict(method=method, dataset=spec.name, ipc=dset.ipc, seed=0, protocol=protocol_name, arch=a, eval_seed=e,
+                 config_hash=cell_hash) for a in archs for e in eval_seeds]
     with ResultStore(Path(out) / "results.db") as store:
-        done = [r for k in keys for r in store.query(**k)]
-        todo = [k for k in keys if not store.has(k)]
+        todo = list(keys) if rerun else [k for k in keys if not store.has(k)]
+        done = [r for k in keys if k not in todo for r in store.query(**k)]
         info = {"method_version": 0, "method_config": {"external_path": str(path)}}
         phases = {"timings": {}, "peak_mem": {}}
-        return done + evaluate_cells(dset, spec, protocol, todo, store, test, dev, info, phases, log)
+        return done + evaluate_cells(dset, spec, protocol, todo, store, test, dev, info, phases, log, replace=rerun)
 
 
 def distilled_folder(out: Path, method: str, dataset: str, ipc: int, seed: int, key: str) -> Path:

@@ -46,6 +46,8 @@ def cmd_run(p: argparse.ArgumentParser):
     p.add_argument("--set-metrics", default=None, choices=["auto", "convnet3", "resnetap10", "pixels", "off"],
                    help="feature space of the set metrics recorded with every distilled set (docs/metrics.md); "
                         "default: DDBENCH_SET_METRICS, else auto")
+    p.add_argument("--rerun", action="store_true",
+                   help="evaluate anew even when the store holds these cells under the same config (replaces them)")
     add_data_options(p)
     add_model_options(p)
 
@@ -56,7 +58,7 @@ def cmd_run(p: argparse.ArgumentParser):
 
         m_over, p_over = split_overrides(args.set)
         req = RunRequest(args.method, args.dataset, args.ipc, args.protocol, args.arch, args.seeds, args.eval_seeds,
-                         m_over, p_over, Path(args.out), args.device, options_of(args))
+                         m_over, p_over, Path(args.out), args.device, options_of(args), rerun=args.rerun)
         with progress_bar() as progress:
             records = run(req, progress, log=progress.console.print)
         print_summary(records)
@@ -73,6 +75,8 @@ def cmd_evaluate(p: argparse.ArgumentParser):
     p.add_argument("--eval-seeds", type=int_list, default=[0])
     p.add_argument("--set", action="append", default=[], metavar="protocol.KEY=VALUE")
     p.add_argument("--out", default="runs")
+    p.add_argument("--rerun", action="store_true",
+                   help="evaluate anew even when the store holds these cells under the same config (replaces them)")
     add_data_options(p)
 
     def handler(args):
@@ -84,7 +88,7 @@ def cmd_evaluate(p: argparse.ArgumentParser):
         with progress_bar() as progress:
             records = evaluate_folder(Path(args.path), args.dataset, args.name, args.protocol, args.arch,
                                       args.eval_seeds, p_over, Path(args.out), args.device, options_of(args),
-                                      log=progress.console.print)
+                                      log=progress.console.print, rerun=args.rerun)
         print_summary(records)
     return handler
 
