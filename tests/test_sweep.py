@@ -185,12 +185,16 @@ def test_killed_sweep_resumes_and_records_every_cell_once(tmp_path, capsys, monk
     assert again["created_at"] == first["created_at"]  # the killed run's record was kept, not redone
     assert len({r["distilled_sha256"] for r in records if r["seed"] == 0}) == 1  # the saved set was reused
     assert execute(load_grid(grid, out=out), out, local=True, device="cpu").added == 0
-    # another protocol config: the stored numbers are kept (never silently replaced) and reported as stale
+    # another protocol config: a cell of its own, to run; the stored numbers are kept and reported beside it
     changed = load_grid(grid, out=out, sets={"protocol": {"dc": {"epochs": 2}}})
     with ResultStore(out / "results.db") as store:
         status = plan_status(changed, store, out.resolve())
         assert not plan_status(load_grid(grid, out=out), store, out.resolve()).stale
-    assert status.stale == set(changed.evals) and status.done == set(changed.evals)
+        assert not plan_status(load_grid(grid, out=out), store, out.resolve(), rerun=True).done
+    assert status.stale == set(changed.evals) and not status.done
+    assert execute(changed, out, local=True, device="cpu").added == 4
+    with ResultStore(out / "results.db") as store:
+        assert len(store) == 8 and len({r["config_hash"] for r in store.query()}) == 2
 
 
 def test_a_multi_gpu_cell_runs_on_spawned_ranks_with_the_numbers_of_one_process(tmp_path):

@@ -25,6 +25,8 @@ def cmd_sweep(p: argparse.ArgumentParser):
                    help="run a subset: method, dataset, ipc, seed, protocol, arch or eval_seed")
     p.add_argument("--store", default=None, help="results store written by the driver (default <out>/results.db); "
                                                  "for a shared --out whose filesystem refuses SQLite WAL")
+    p.add_argument("--rerun", action="store_true", help="evaluate every cell anew, replacing records of the same "
+                   "config (distilled sets on disk are still reused)")
     p.add_argument("--device", default="auto", help="auto (cuda where a cell got a GPU), cpu, cuda")
     for flag, what in (("--imagenet-root", "ImageNet root"), ("--data-root", "IDX dataset folder"),
                        ("--cache-dir", "cache (default <out>/cache)"), ("--dit", "DiT checkpoint"),
@@ -51,10 +53,10 @@ def cmd_sweep(p: argparse.ArgumentParser):
         console = Console()
         if args.dry_run:
             with ResultStore(store_path) as store:
-                print_plan(plan, plan_status(plan, store, out), console)
+                print_plan(plan, plan_status(plan, store, out, args.rerun), console)
             return
         result = execute(plan, out, local=args.local, ray_address=args.ray_address, max_parallel=args.max_parallel,
-                         device=args.device, view=SweepView(), store_path=store_path)
+                         device=args.device, view=SweepView(), store_path=store_path, rerun=args.rerun)
         print_summary(result.records, console)
         print_cost(result.records, console)
         print_failures(result, console)

@@ -52,7 +52,7 @@ class RecordSink:
     def __init__(self):
         self.records: list[dict] = []
 
-    def add(self, record: dict) -> bool:
+    def add(self, record: dict, *, replace: bool = False) -> bool:
         self.records.append(record)
         return True
 
@@ -125,7 +125,8 @@ def distill_cell(task: Task, log) -> dict:
                      out=out, device=task.device, options=task.options)
     dset, phases = distilled_set(method, ctx, req, spec, cell.seed, out, {}, log)
     return {"path": str(dset.provenance["path"]), "sha256": dset.provenance.get("sha256") or dset.sha256(),
-            "phases": phases, "method_version": method.version, "method_config": method.cfg, "images": len(dset),
+            "phases": phases, "method_version": method.version, "method_config": method.cfg,
+            "method_kind": method.card.get("kind", ""), "images": len(dset),
             "device": device_name(device)}
 
 
@@ -161,7 +162,7 @@ def evaluate_cell(task: Task, log) -> dict:
     from ..data import load_split
     from ..distilled import DistilledSet
     from ..protocol import load_protocol
-    from ..runner import evaluate_cells, resolve_device
+    from ..runner import cell_config_hash, evaluate_cells, resolve_device
 
     cell, dist = task.cell, task.distilled
     spec, cache_dir = _spec_and_cache(cell, task.options)
@@ -171,8 +172,11 @@ def evaluate_cell(task: Task, log) -> dict:
     dset.provenance["path"] = dist["path"]
     test = load_split(spec, "test", cache_dir=cache_dir / "data")
     info = {"method_version": dist["method_version"], "method_config": dist["method_config"]}
+    # the hash as this worker sees the cell (its data, its weights files): the record says what was evaluated
+    key = {**cell.key(), "config_hash": cell_config_hash({**info, "method_kind": dist.get("method_kind", "")},
+                                                          protocol, spec, task.options)}
     sink = RecordSink()
-    evaluate_cells(dset, spec, protocol, [cell.key()], sink, test, device, info, dist["phases"], log)
+    evaluate_cells(dset, spec, protocol, [key], sink, test, device, info, dist["phases"], log)
     if not sink.records:  # a DDP rank other than 0: only rank 0 records (ddp.spawn returns rank 0's value)
         return {}
     record = sink.records[0]

@@ -13,7 +13,6 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import config_hash
 from ..distilled import MANIFEST
 from ..errors import ConfigError
 from .grid import EvalCell, Plan
@@ -28,7 +27,7 @@ class Status:
 
     done: set[str]              # evaluation ids whose record is in the store
     on_disk: set[str]           # distillation ids whose set is saved under <out>/distilled
-    stale: set[str] = field(default_factory=set)  # done, but recorded with another method or protocol config
+    stale: set[str] = field(default_factory=set)  # also in the store under another config hash (kept as it is)
 
     def needed(self, plan: Plan) -> dict[str, list[EvalCell]]:
         """distillation id -> its evaluations still to run (only distillations with at least one)."""
@@ -39,19 +38,18 @@ class Status:
         return {d: out[d] for d in plan.distills if d in out}
 
 
-def plan_status(plan: Plan, store, out: Path) -> Status:
-    """Done evaluations (and which of them are stale), and sets on disk.
-
-    The store key has no config in it, so a record made under another method config (its set's folder ends with
-    another distill key) or another protocol card is still "done": it is kept, never silently redone or replaced,
-    and reported as stale so that the user can choose a new --out or a `label:`."""
+def plan_status(plan: Plan, store, out: Path, rerun: bool = False) -> Status:
+    """Done evaluations (a record under the cell's config hash), those the store also holds under another
+    config hash (stale: kept as they are; this config is evaluated anew, as a cell of its own), and sets on
+    disk. With `rerun`, nothing is done: every evaluation runs and replaces its record."""
     done, stale = set(), set()
     for e in plan.evals.values():
-        for rec in store.query(**e.key()):
+        key = e.key()
+        others = store.query(**{k: v for k, v in key.items() if k != "config_hash"})
+        if any(r["config_hash"] != e.config_hash for r in others):
+            stale.add(e.id)
+        if e.config_hash and not rerun and any(r["config_hash"] == e.config_hash for r in others):
             done.add(e.id)
-            same_set = str(rec.get("distilled_path") or "").endswith("-" + plan.distills[e.distill].key)
-            if not same_set or config_hash(rec.get("protocol_config") or {}) != e.protocol_hash:
-                stale.add(e.id)
     on_disk = {d.id for d in plan.distills.values() if (d.folder(out) / MANIFEST).exists()}
     return Status(done, on_disk, stale)
 
@@ -234,8 +232,9 @@ class SweepResult:
 
 
 def execute(plan: Plan, out: Path, *, local: bool, ray_address: str | None = None, max_parallel: int | None = None,
-            device: str = "auto", view=None, store_path: Path | None = None) -> SweepResult:
-    """Run every missing cell of `plan`; the store (default <out>/results.db) is written here only."""
+            device: str = "auto", view=None, store_path: Path | None = None, rerun: bool = False) -> SweepResult:
+    """Run every missing cell of `plan` (every cell with `rerun`); the store (default <out>/results.db) is
+    written here only."""
     import torch
 
     from ..store import ResultStore
@@ -245,7 +244,7 @@ def execute(plan: Plan, out: Path, *, local: bool, ray_address: str | None = Non
     view = view or NullView()
     failed, skipped, added = [], [], 0
     with ResultStore(store_path or out / "results.db") as store:
-        status = plan_status(plan, store, out)
+        status = plan_status(plan, store, out, rerun)
         sched = Scheduler(plan, status, out, device,
                           gpus=device != "cpu" and (not local or torch.cuda.is_available()),
                           max_gpus_per_node=torch.cuda.device_count())
@@ -254,7 +253,7 @@ def execute(plan: Plan, out: Path, *, local: bool, ray_address: str | None = Non
             nonlocal added
             newly_skipped = sched.finish(outcome)
             if outcome.ok and outcome.kind == "evaluate":
-                added += bool(store.add(outcome.value))
+                added += bool(store.add(outcome.value, replace=rerun))
             if not outcome.ok:
                 failed.append(outcome)
             skipped.extend(newly_skipped)
@@ -267,4 +266,6 @@ def execute(plan: Plan, out: Path, *, local: bool, ray_address: str | None = Non
             else:
                 run_ray(sched, handle, view, ray_address, max_parallel)
         records = [r for e in plan.evals.values() for r in store.query(**e.key())]
+        records += [r for e in plan.evals.values() if not e.config_hash  # hash known to the worker only
+                    for r in store.query(**{k: v for k, v in e.key().items() if k != "config_hash"})]
     return SweepResult(failed, skipped, records, added, status.stale)

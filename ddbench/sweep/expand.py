@@ -182,12 +182,14 @@ def expand_sub(plan: Plan, sub: dict, sets: dict, only: dict, options: dict, cac
             except DDBenchError as e:
                 raise ConfigError(f"{where}: method {entry.label} on {dataset}: {e}") from None
             group = f"{entry.name}|{dataset}|{config_hash(method.cfg)}"
+            info = {"method_version": method.version, "method_config": method.cfg,
+                    "method_kind": method.card.get("kind", "")}
             for ipc in ipcs:
                 for seed in seeds:
                     cell = DistillCell(f"{entry.label}/{dataset}/ipc{ipc}/seed{seed}", entry.name, entry.label,
                                        dataset, ipc, seed, m_over, method.distill_key(ipc, seed), group, res)
                     cell = add_distill(plan, cell, where)
-                    add_evals(plan, cell, sub, kind, sets, only, cache)
+                    add_evals(plan, cell, sub, kind, sets, only, cache, info, options)
 
 
 def add_distill(plan: Plan, cell: DistillCell, where: str) -> DistillCell:
@@ -216,7 +218,24 @@ def default_arch(protocol, dataset: str, kind: str) -> str | None:
         return None
 
 
-def add_evals(plan: Plan, dcell: DistillCell, sub: dict, kind: str, sets: dict, only: dict, cache: dict) -> None:
+def cell_hash(info: dict, protocol, dataset: str, options: dict, cache: dict) -> str:
+    """runner.cell_config_hash of a cell, as its worker will compute it; "" when the dataset cannot be opened
+    here (its distillation then fails with the reason, and nothing in the store answers it)."""
+    from ..data import get_dataset
+    from ..runner import cell_config_hash
+
+    if ("spec", dataset) not in cache:
+        try:
+            cache[("spec", dataset)] = get_dataset(dataset, imagenet_root=options.get("imagenet_root"),
+                                                   data_root=options.get("data_root"))
+        except DDBenchError:
+            cache[("spec", dataset)] = None
+    spec = cache[("spec", dataset)]
+    return "" if spec is None else cell_config_hash(info, protocol, spec, options)
+
+
+def add_evals(plan: Plan, dcell: DistillCell, sub: dict, kind: str, sets: dict, only: dict, cache: dict,
+              info: dict, options: dict) -> None:
     from ..runner import default_protocol
 
     where = sub["where"]
@@ -234,6 +253,7 @@ def add_evals(plan: Plan, dcell: DistillCell, sub: dict, kind: str, sets: dict, 
         if not isinstance(archs, list):
             archs = [archs] if archs else [default_arch(protocol, dcell.dataset, kind)]
         res = resources_for("evaluate", [pname], sub["resources"], where)
+        chash = cell_hash(info, protocol, dcell.dataset, options, cache)
         for arch in archs:
             check_arch(arch, f"{where}: protocol {pname}")
             if not keep(only, "arch", arch):
@@ -242,7 +262,7 @@ def add_evals(plan: Plan, dcell: DistillCell, sub: dict, kind: str, sets: dict, 
                 if not keep(only, "eval_seed", e):
                     continue
                 cell = EvalCell(f"{dcell.id}/{pname}/{arch}/e{e}", dcell.id, dcell.label, dcell.dataset, dcell.ipc,
-                                dcell.seed, pname, arch, e, p_over, res, config_hash(protocol.card))
+                                dcell.seed, pname, arch, e, p_over, res, config_hash(protocol.card), chash)
                 old = plan.evals.setdefault(cell.id, cell)
                 if canonical_json(old.protocol_overrides) != canonical_json(p_over):
                     raise ConfigError(f"{where}: {cell.id} appears twice with different protocol overrides; "

@@ -68,12 +68,13 @@ class EvalCell:
     eval_seed: int
     protocol_overrides: dict
     resources: dict
-    protocol_hash: str = ""   # config_hash of the resolved protocol card (spots stored records of another config)
+    protocol_hash: str = ""   # config_hash of the resolved protocol card
+    config_hash: str = ""     # runner.cell_config_hash of the cell; "" when its dataset cannot be opened here
 
     def key(self) -> dict:
         """The results-store key of this cell's record."""
         return dict(method=self.label, dataset=self.dataset, ipc=self.ipc, seed=self.seed, protocol=self.protocol,
-                    arch=self.arch, eval_seed=self.eval_seed)
+                    arch=self.arch, eval_seed=self.eval_seed, config_hash=self.config_hash)
 
 
 @dataclass

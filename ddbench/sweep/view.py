@@ -133,7 +133,8 @@ def print_plan(plan, status, console: Console) -> None:
     for col in ("cell", "status", "gpus (hint)"):
         evals.add_column(col, overflow="fold")
     for e in plan.evals.values():
-        state = "in store, OTHER CONFIG" if e.id in status.stale else "in store" if e.id in status.done else "to run"
+        state = "in store" if e.id in status.done else "to run"
+        state += " (+ other config kept)" if e.id in status.stale else ""
         evals.add_row(e.id, state, f"{e.resources['gpus']:g}")
     console.print(dist)
     console.print(evals)
@@ -146,9 +147,9 @@ def print_plan(plan, status, console: Console) -> None:
 
 def print_stale(stale, console: Console) -> None:
     if stale:
-        console.print(f"[bold yellow]warning:[/] {len(stale)} evaluation(s) are in the store under another method "
-                      "or protocol config than this grid's; they are kept and not re-run. To record the new config, "
-                      "use another --out or give the method entry a `label:` (docs/sweeps.md, Resume).")
+        console.print(f"note: {len(stale)} evaluation(s) are also in the store under another config hash (another "
+                      "method or protocol config, card version, data or weights); those records are kept as they "
+                      "are and this grid's config is recorded beside them (docs/results-schema.md).")
 
 
 # ---------------------------------------------------------------------------------------------------------
