@@ -142,11 +142,15 @@ def build_tables(records: Iterable[Mapping], metric: str = "last",
 
 def column_labels(group: pd.DataFrame) -> pd.DataFrame:
     """Column labels: the method name, + " v<version>" when it was measured under two card versions,
-    + " [key=value, ...]" when its config differs from its card's."""
+    + " [key=value, ...]" when its config differs from its card's, + " #<config hash>" when records of one such
+    label still differ in config hash (data, weights, or a store migrated from schema 1): never one column."""
     group = group.copy()
     several = group.groupby("method")["method_version"].transform("nunique") > 1
     group["label"] = [m + (f" v{v}" if many else "") + (f" [{var}]" if var else "")
                       for m, v, many, var in zip(group["method"], group["method_version"], several, group["mvariant"])]
+    hashes = group["config_hash"].fillna("") if "config_hash" in group else pd.Series("", index=group.index)
+    split = hashes.groupby(group["label"]).transform("nunique") > 1
+    group["label"] = [lb + (f" #{h[:10]}" if sp else "") for lb, h, sp in zip(group["label"], hashes, split)]
     return group
 
 

@@ -139,6 +139,18 @@ def test_two_card_versions_get_two_columns(store_dir):
     assert table.rows[0].gain("random") == (14.0, "herding v1")
 
 
+def test_records_of_different_config_hashes_are_never_one_cell():
+    """Same method, card and settings, but another config hash (e.g. other data or weights): two columns."""
+    recs = [dict(record("random", 1, "convnet3", 0, 20.0), config_hash="a" * 16),
+            dict(record("random", 1, "convnet3", 1, 22.0), config_hash="a" * 16),
+            dict(record("random", 1, "convnet3", 0, 60.0), config_hash="b" * 16)]
+    (table,) = lb.build_tables(recs)
+    assert [c for c, _ in table.columns] == ["random #aaaaaaaaaa", "random #bbbbbbbbbb"]
+    cells = table.rows[0].cells
+    assert (cells["random #aaaaaaaaaa"].mean, cells["random #aaaaaaaaaa"].n) == (21.0, 2)
+    assert (cells["random #bbbbbbbbbb"].mean, cells["random #bbbbbbbbbb"].n) == (60.0, 1)
+
+
 def test_html_bolds_and_escapes(store_dir):
     text = lb.render_html(lb.build_tables(stored(store_dir, protocol_version="1")))
     assert "<td><strong>30.00 ± 0.00 (2)</strong></td>" in text
