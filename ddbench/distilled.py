@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from .errors import DataError
+from .safeload import load_tensors
 
 MANIFEST = "manifest.json"
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
@@ -131,9 +132,10 @@ class DistilledSet:
         """Import the VICO `.pt` or MTT `images_best.pt`/`labels_best.pt` formats (float images, any range)."""
         path = Path(path)
         if path.is_dir() and (path / "images_best.pt").exists():
-            images, labels = torch.load(path / "images_best.pt"), torch.load(path / "labels_best.pt")
+            images = load_tensors(path / "images_best.pt", "MTT images")
+            labels = load_tensors(path / "labels_best.pt", "MTT labels")
         elif path.is_file():
-            obj = torch.load(path, map_location="cpu")
+            obj = load_tensors(path, "VICO distilled set")
             if isinstance(obj, dict) and "data" in obj:
                 obj = obj["data"][0]
             images, labels = obj[0], obj[1]
@@ -189,7 +191,7 @@ def _load_manifest(path: Path) -> DistilledSet:
                             "re-run the method or delete the folder")
         images.append(_read_image(file, channels, None))
         labels.append(entry["label"])
-    soft = torch.load(path / "soft_labels.pt") if m.get("soft_labels") else None
+    soft = load_tensors(path / "soft_labels.pt", "soft labels") if m.get("soft_labels") else None
     return DistilledSet(torch.stack(images), torch.tensor(labels), tuple(m["classes"]), m.get("provenance", {}), soft)
 
 

@@ -9,6 +9,9 @@ import os
 
 import torch
 
+from .safeload import load_tensors
+
+
 @torch.no_grad()
 def embed(net: torch.nn.Module, images_u8: torch.Tensor, spec, device, batch_size: int = 512) -> torch.Tensor:
     """Penultimate features (N×D, float32, CPU) of uint8 images, normalised with the dataset's mean/std."""
@@ -29,7 +32,7 @@ def real_features(ctx, arch: str, recipe: dict) -> torch.Tensor:
     folder = ctx.cache_path("features", {"arch": arch, "recipe": recipe, "n": len(train.labels)})
     file = folder / "features.pt"
     if file.exists():
-        return torch.load(file)
+        return load_tensors(file, "cached features", fix="it is a cache file: delete it and run again")
     net = teacher_for(ctx.spec, arch, ctx.device, ctx.cache_dir, train, cfg=recipe or None)
     feats = embed(net, train.images, ctx.spec, ctx.device)
     tmp = file.with_suffix(f".tmp{os.getpid()}")

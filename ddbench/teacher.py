@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from .augment import hflip, normalize, random_resized_crop, to_float
 from .config import config_hash
 from .errors import ConfigError, DataError
+from .safeload import load_tensors
 from .nets import build_net
 from .train import build_optimizer, device_generator, lr_factor
 
@@ -135,7 +136,7 @@ def train_teacher(spec, train_split, arch: str, cfg: dict | None, device, cache_
     net = build_net(arch, spec.num_classes, spec.channels, int(recipe["input_size"]),
                     generator=torch.Generator().manual_seed(int(recipe["seed"])))
     if (folder / "weights.pt").exists():
-        net.load_state_dict(torch.load(folder / "weights.pt", map_location="cpu"))
+        net.load_state_dict(load_tensors(folder / "weights.pt", "teacher weights", fix="it is a cache file: delete it and run again"))
         return net.eval()
     folder.mkdir(parents=True, exist_ok=True)
     split = train_split() if callable(train_split) else train_split
@@ -148,7 +149,7 @@ def train_teacher(spec, train_split, arch: str, cfg: dict | None, device, cache_
     gen = device_generator(torch.Generator().manual_seed(int(recipe["seed"]) + 1), device)
     state = {"epoch": 0, "loss": [], "acc": [], "seconds": 0.0}
     if (folder / "checkpoint.pt").exists():  # resume a killed run
-        ck = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=False)
+        ck = load_tensors(folder / "checkpoint.pt", "teacher checkpoint", fix="it is a cache file: delete it and run again")
         net.load_state_dict(ck["net"])
         opt.load_state_dict(ck["opt"])
         gen.set_state(ck["gen"])
@@ -199,10 +200,7 @@ def _train_epoch(net, opt, images, labels, aug, gen, batch_size: int, base_lr: f
 
 
 def _state_dict(path: Path) -> dict:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError) as e:
-        raise DataError(f"cannot read teacher weights {path}: {e}. Expected a torch state dict file.") from None
+    obj = load_tensors(path, "teacher weights", fix="expected a torch state dict file (--teacher / DDBENCH_TEACHER)")
     for key in ("state_dict", "model", "net"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

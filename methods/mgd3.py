@@ -31,6 +31,7 @@ import torch
 from ddbench.diffusion.hooks import GuidanceHook, StepState
 from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
+from ddbench.safeload import load_tensors
 from ddbench.method import Context, Method
 
 REFERENCE_STEPS = 50  # t_stop is given on the paper's 50-step scale and rescaled for other step counts
@@ -201,7 +202,7 @@ class MGD3(Method):
         """n×C×h×w latents of every training image of class c (VAE `.mean·0.18215`, or pixels in [−1, 1])."""
         file = self._discovery_dir(ctx, gen) / f"latents-class{c:04d}.pt"
         if file.exists():
-            return torch.load(file)
+            return load_tensors(file, "cached MGD3 latents or modes", fix="it is a cache file: delete it and run again")
         images = class_images(ctx, c, _encoder_side(gen))
         if self.cfg["discovery_flip"]:  # the reference's loader flips at random; here from a seeded generator
             flip = torch.rand(len(images), generator=torch.Generator().manual_seed(self.cfg["kmeans_seed"] + c)) < 0.5
@@ -216,7 +217,7 @@ class MGD3(Method):
         """k×C×h×w modes of class c (k-means on its latents), cached per (class, k, mode rule)."""
         file = self._discovery_dir(ctx, gen) / f"modes-{self.cfg['modes']}-class{c:04d}-k{k}.pt"
         if file.exists():
-            return torch.load(file)
+            return load_tensors(file, "cached MGD3 latents or modes", fix="it is a cache file: delete it and run again")
         modes = discover_modes(self.class_latents(ctx, gen, c), k, self.cfg["modes"], self.cfg["kmeans_seed"])
         _atomic_save(modes, file)
         return modes

@@ -32,6 +32,7 @@ from ddbench.diffusion.dit import DiT
 from ddbench.diffusion.generator import Generator, data_fingerprint, load_generator
 from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
+from ddbench.safeload import load_tensors
 from ddbench.method import Context, Method
 from ddbench.methods.dit import DiTSampling, sample_classes
 from ddbench.methods.minimax_train import FORMAT, apply_difffit, finetune, mark_trainable
@@ -264,7 +265,7 @@ def _phase_weights(ctx, base: Generator, ft: dict, labels, folder: Path, key: di
         path = finetune(model, images, y, base.cond_labels[y], ft, folder, key, vae=base.vae, device=ctx.device,
                         track=ctx.track, log=log)
         del model
-    record = torch.load(path, map_location="cpu", weights_only=True)
+    record = load_tensors(path, "fine-tuned Minimax weights", fix="it is a cache file: delete it and run again")
     return {n: v.to(ctx.device) for n, v in record["ema"].items()}
 
 

@@ -28,6 +28,7 @@ from torch import nn
 from ddbench.diffusion.dit import Attention, DiT, DiTBlock, modulate
 from ddbench.diffusion.train import diffusion_tables, diffusion_terms
 from ddbench.errors import ConfigError
+from ddbench.safeload import load_tensors
 
 FORMAT = 1  # bump when fine-tuning changes the weights a config produces (old caches are then not reused)
 CHECKPOINT, FINAL = "checkpoint.pt", "minimax.pt"
@@ -221,7 +222,7 @@ class _State:
                      "real": self.real.state_dict(), "pseudo": self.pseudo.state_dict()}, path)
 
     def restore(self, path: Path, key: dict) -> None:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        ck = load_tensors(path, "Minimax fine-tuning checkpoint", fix="it is a cache file: delete it and run again")
         if ck.get("key") != key:
             raise ConfigError(f"{path} belongs to another fine-tuning config; delete {path.parent} to start over")
         with torch.no_grad():

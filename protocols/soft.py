@@ -29,6 +29,7 @@ from ddbench.protocol import EvalResult, Protocol, ResourceMeter
 from ddbench.protocols.hard import aligned_labels, to_resolution
 from ddbench.ddp import maybe_wrap_ddp
 from ddbench.train import build_optimizer, device_generator, evaluate_accuracy, lr_factor
+from ddbench.safeload import load_tensors
 
 LABEL_MODES = ("online", "stored")
 
@@ -145,7 +146,7 @@ def build_store(folder: Path, images, teacher, plan: dict, spec, seed: int, prog
     for e in (epochs if progress is None else progress.track(epochs, description="fkd labels")):
         file = folder / f"epoch_{e}.pt"
         if file.exists():  # keep the generator in step with a full run: redraw, do not relabel
-            state = torch.load(file, weights_only=True)
+            state = load_tensors(file, "stored soft labels", fix="it is a cache file: delete it and run again")
             g.set_state(state["gen_after"])
             total += store_bytes(state["batches"])
             continue
@@ -193,7 +194,7 @@ def train_soft(student: nn.Module, images: torch.Tensor, teacher: nn.Module | No
         if store is None:  # RDED: the teacher labels each augmented, mixed batch on the fly
             batches = ((x, None) for _, _, x in iter_epoch(images, plan, spec, gd))
         else:  # FKD: replay the stored crops and mixes with their stored logits
-            stored = torch.load(store / f"epoch_{e}.pt", weights_only=True)["batches"]
+            stored = load_tensors(store / f"epoch_{e}.pt", "stored soft labels", fix="it is a cache file: delete it and run again")["batches"]
             batches = ((apply_batch(images[b["idx"].to(device)], b, plan["aug"], spec), b["logits"].to(device))
                        for b in stored)
         for x, t_logits in batches:

@@ -21,6 +21,7 @@ import torch
 
 from ddbench.diffusion.dit import DIT_SIZES, DiT, get_2d_sincos_pos_embed
 from ddbench.errors import DataError
+from ddbench.safeload import load_tensors
 
 DIT_ENV, DIT_FLAG, DIT_CARD_KEY = "DDBENCH_DIT", "--dit", "dit"
 
@@ -167,18 +168,17 @@ def diffusers_config(cfg: dict) -> dict:
 def _read_tensors(file: Path) -> dict:
     """A state dict (or checkpoint dict) from .safetensors or a torch pickle (weights only; training
     checkpoints also hold an argparse.Namespace of arguments, which is allowed)."""
-    try:
-        if file.suffix == ".safetensors":
+    if file.suffix == ".safetensors":
+        try:
             from safetensors.torch import load_file
 
             return load_file(str(file))
-        with torch.serialization.safe_globals([argparse.Namespace]):
-            try:  # memory-mapped: a 2.7 GB checkpoint is not copied before it is assigned to the model
-                return torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-            except RuntimeError:  # legacy (non-zip) files cannot be mapped
-                return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any failure here means "this file is not a readable checkpoint"
-        raise DataError(f"cannot read DiT weights from {file}: {type(e).__name__}: {e}") from e
+        except Exception as e:  # noqa: BLE001 - any failure here means "this file is not a readable checkpoint"
+            raise DataError(f"cannot read DiT weights {file}: not a safetensors file ({type(e).__name__})") from None
+    try:  # memory-mapped: a 2.7 GB checkpoint is not copied before it is assigned to the model
+        return load_tensors(file, "DiT weights", allow=[argparse.Namespace], mmap=True)
+    except DataError:  # legacy (non-zip) files cannot be mapped; a bad file fails again, with its reason
+        return load_tensors(file, "DiT weights", allow=[argparse.Namespace])
 
 
 def _unwrap(obj, file: Path) -> tuple[dict, dict | None]:

@@ -30,6 +30,7 @@ from ddbench.diffusion.dit import DiT
 from ddbench.diffusion.schedule import Schedule, linear_betas
 from ddbench.diffusion.vae import from_uint8
 from ddbench.errors import ConfigError
+from ddbench.safeload import load_tensors
 
 FORMAT = 1  # bump when training changes the weights a config produces, so old caches are not reused
 CHECKPOINT, FINAL = "checkpoint.pt", "generator.pt"
@@ -204,7 +205,7 @@ def init_model(cfg: dict) -> DiT:
 
 
 def _restore(path: Path, cfg: dict, model, ema, opt, gen) -> tuple[int, list, float]:
-    ck = torch.load(path, map_location="cpu", weights_only=True)
+    ck = load_tensors(path, "generator checkpoint", fix="it is a cache file: delete it and run again")
     if cache_key(ck["config"]) != cache_key(cfg):
         raise ConfigError(f"{path} was written for another generator config; delete {path.parent} to retrain")
     model.load_state_dict(ck["model"])
@@ -301,7 +302,7 @@ def train_generator(split, cfg: dict, folder, device="cpu", *, track=None, stop_
 
 def load_trained(path, device="cpu") -> tuple[DiT, dict]:
     """(EMA model in eval mode, the saved record without weights) from a generator.pt."""
-    ck = torch.load(path, map_location="cpu", weights_only=True)
+    ck = load_tensors(path, "trained generator", fix="it is a cache file: delete it and run again")
     with torch.device("meta"):
         model = DiT(**ck["model_config"])
     model.load_state_dict(ck.pop("ema"), assign=True)
