@@ -73,21 +73,51 @@ def parse_overrides(items: Iterable[str]) -> dict:
     return out
 
 
-def apply_overrides(cfg: dict, overrides: dict, *, known: dict | None = None, where: str = "config") -> dict:
-    """Merge overrides into cfg, refusing keys that `known` (default: cfg) does not have."""
+def apply_overrides(cfg: dict, overrides: dict, *, known: dict | None = None, where: str = "config",
+                    prefix: str = "") -> dict:
+    """Merge overrides into cfg, refusing keys that `known` (default: cfg) does not have and values that do not
+    fit the card's (`check_value`). `prefix` is how the user names this level (e.g. "protocol.")."""
     known = cfg if known is None else known
     for k, v in overrides.items():
         if k not in known:
             from .registry import suggest
 
-            raise ConfigError(
-                f"--set {k}=...: {where} has no key {k!r}.{suggest(k, list(known))} Known keys: {', '.join(sorted(known))}."
-            )
+            listed = f" Known keys: {', '.join(prefix + str(n) for n in sorted(known))}." if known else \
+                f" {where} has no settings to override."
+            raise ConfigError(f"--set {prefix}{k}=...: {where} has no key {k!r}.{suggest(k, list(known))}{listed}")
         if isinstance(v, dict) and isinstance(known[k], dict):
-            apply_overrides(cfg.setdefault(k, {}), v, known=known[k], where=f"{where}.{k}")
+            apply_overrides(cfg.setdefault(k, {}), v, known=known[k], where=f"{where}.{k}", prefix=f"{prefix}{k}.")
         else:
+            check_value(f"{prefix}{k}", v, known[k])
             cfg[k] = v
     return cfg
+
+
+# Keys (the last part of the name) whose numbers count something: a positive integer, or the run breaks late.
+_COUNT_SUFFIXES = ("epochs", "steps", "batch_size", "_batch", "iterations", "eval_points")
+
+
+def check_value(key: str, value: Any, card_value: Any) -> None:
+    """A `--set key=value` must have the card value's type (a number where the card has a number, ...), and a
+    count (epochs, steps, batch sizes) must be ≥ 1, a learning rate > 0. One line naming key, value, allowed."""
+    name = key.rsplit(".", 1)[-1]
+    is_count = any(name.endswith(s) for s in _COUNT_SUFFIXES)
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    expected = None
+    if isinstance(card_value, bool) and not isinstance(value, bool):
+        expected = "true or false"
+    elif isinstance(card_value, (int, float)) and not isinstance(card_value, bool) \
+            and not (number and (isinstance(value, int) or not is_count)):
+        expected = "a whole number" if is_count else "a number"
+    elif isinstance(card_value, str) and not isinstance(value, str):
+        expected = "a text value"
+    if expected is None and number and is_count and (value < 1 or not isinstance(value, int)):
+        expected = "a whole number ≥ 1"
+    if expected is None and number and (name == "lr" or name.endswith("_lr")) and not value > 0:
+        expected = "a number > 0"
+    if expected is not None:
+        shown = "" if card_value is None else f" (the card has {card_value!r})"
+        raise ConfigError(f"--set {key}={value!r}: expected {expected}{shown}")
 
 
 def canonical_json(obj: Any) -> str:

@@ -190,5 +190,5 @@ def load_protocol(name: str, overrides: dict | None = None) -> Protocol:
         if key in overrides and overrides[key] != card.get(key):
             raise ConfigError(f"--set protocol.{key}=...: a card's {key} cannot be overridden; "
                               f"write a new card protocols/<name>.yaml instead")
-    card = apply_overrides(card, overrides, where=f"protocol card {name}")
+    card = apply_overrides(card, overrides, where=f"protocol card {name}", prefix="protocol.")
     return cls(card)

@@ -90,9 +90,12 @@ def file_identity(path) -> dict:
     return {"name": p.name, "bytes": size}
 
 
-def weights_identity(method_kind: str, method_cfg: dict, protocol, spec, options: dict) -> dict:
-    """The user-supplied weights this cell reads: the DiT and VAE of a diffusion method on an ImageNet subset,
-    the teacher of a soft-label protocol or an inversion method. A path given but not read changes nothing."""
+WEIGHT_FLAGS = {"dit": "--dit / DDBENCH_DIT", "vae": "--vae / DDBENCH_VAE", "teacher": "--teacher / DDBENCH_TEACHER"}
+
+
+def used_weights(method_kind: str, method_cfg: dict, protocol, spec, options: dict) -> dict[str, str]:
+    """The user-supplied weights this cell reads, by kind: the DiT and VAE of a diffusion method on an ImageNet
+    subset, the teacher of a soft-label protocol or an inversion method. A path given but not read is left out."""
     used = []
     if method_kind == "diffusion" and spec.kind == "imagenet":
         used += ["dit", "vae"]
@@ -100,11 +103,28 @@ def weights_identity(method_kind: str, method_cfg: dict, protocol, spec, options
         used.append("teacher")
     out = {}
     for key in used:
-        path = (options.get(key) or os.environ.get(f"DDBENCH_{key.upper()}") or method_cfg.get(key)
-                or method_cfg.get(f"{key}_path"))
+        path = options.get(key) or os.environ.get(f"DDBENCH_{key.upper()}") or method_cfg.get(key)
+        if key == "teacher":  # the card's own path wins where the method or protocol reads one
+            card = protocol.card.get("teacher")
+            path = method_cfg.get("teacher_path") or (card.get("path") if isinstance(card, dict) else None) or path
         if path:
-            out[key] = file_identity(path)
+            out[key] = str(path)
     return out
+
+
+def weights_identity(method_kind: str, method_cfg: dict, protocol, spec, options: dict) -> dict:
+    return {k: file_identity(p) for k, p in used_weights(method_kind, method_cfg, protocol, spec, options).items()}
+
+
+def check_weights(paths: dict[str, str]) -> None:
+    """Every weights path a cell will read exists; a teacher file is read (weights-only) now, not after distilling."""
+    from .teacher import _state_dict
+
+    for key, path in paths.items():
+        if not Path(path).expanduser().exists():
+            raise DataError(f"{key} weights {path} do not exist; give an existing file with {WEIGHT_FLAGS[key]}")
+        if key == "teacher" and Path(path).is_file():
+            _state_dict(Path(path).expanduser())
 
 
 def cell_config_hash(info: dict, protocol, spec, options: dict) -> str:
@@ -198,17 +218,18 @@ def run(req: RunRequest, progress=None, log=print) -> list[dict]:
         log = lambda *_: None  # noqa: E731  (only rank 0 speaks)
     spec = get_dataset(req.dataset, imagenet_root=req.options.get("imagenet_root"),
                        data_root=req.options.get("data_root"))
-    method = load_method(req.method, spec.name, req.method_overrides)
-    check_ipc(spec, req.ipc, method.card.get("kind", ""))
     protocol_name = req.protocol or default_protocol(spec)
     protocol = load_protocol(protocol_name, req.protocol_overrides)
+    method = load_method_for_run(req.method, spec.name, req.method_overrides, protocol)
+    check_ipc(spec, req.ipc, method.card.get("kind", ""))
     archs = req.archs or [default_arch(protocol, spec)]
     check_archs(archs)
     device = resolve_device(req.device)
     if distributed and device.type == "cuda":
         device = torch.device("cuda", ddp.env_world()[1])
     info = {"method_version": method.version, "method_config": method.cfg, "method_kind": method.card.get("kind", "")}
-    cell_hash = cell_config_hash(info, protocol, spec, req.options)  # reads the weights files' sizes: they exist
+    check_weights(used_weights(info["method_kind"], method.cfg, protocol, spec, req.options))
+    cell_hash = cell_config_hash(info, protocol, spec, req.options)
     check_data(spec)
     out = Path(req.out)
     store = ResultStore(out / "results.db")
@@ -242,6 +263,18 @@ def run(req: RunRequest, progress=None, log=print) -> list[dict]:
                                   replace=req.rerun)
     store.close()
     return records
+
+
+def load_method_for_run(name: str, dataset: str, overrides: dict, protocol):
+    """load_method; an unknown `--set` key also lists the protocol's keys (it may have been meant for them)."""
+    try:
+        return load_method(name, dataset, overrides)
+    except ConfigError as e:
+        if "has no key" not in str(e):
+            raise
+        keys = sorted(k for k in protocol.card if k not in ("family", "version", "name", "description", "citation"))
+        raise ConfigError(f"{e} Protocol settings are set with --set protocol.KEY=VALUE; {protocol.name} has: "
+                          f"{', '.join(keys)}.") from None
 
 
 def evaluate_cells(dset, spec, protocol, keys, store, test, device, info, phases, log, replace=False) -> list[dict]:
@@ -286,6 +319,7 @@ def evaluate_folder(path: Path, dataset: str, name: str | None, protocol_name: s
     archs = archs or [default_arch(protocol, spec)]
     check_archs(archs)
     dev = resolve_device(device)
+    check_weights(used_weights("", {}, protocol, spec, options))
     dset = DistilledSet.load(path, classes=spec.classes, size=spec.resolution, channels=spec.channels)
     dset.provenance["path"] = str(path)
     cell_hash = cell_config_hash({"method_version": 0, "method_config": {}, "set_sha256": dset.sha256()},

@@ -123,6 +123,9 @@ def _subset(labels: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
     return keep.sort().values
 
 
+CACHE_FIX = "it is a cache file: delete it and run again"
+
+
 def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
     torch.save(obj, tmp)
@@ -136,7 +139,7 @@ def train_teacher(spec, train_split, arch: str, cfg: dict | None, device, cache_
     net = build_net(arch, spec.num_classes, spec.channels, int(recipe["input_size"]),
                     generator=torch.Generator().manual_seed(int(recipe["seed"])))
     if (folder / "weights.pt").exists():
-        net.load_state_dict(load_tensors(folder / "weights.pt", "teacher weights", fix="it is a cache file: delete it and run again"))
+        net.load_state_dict(load_tensors(folder / "weights.pt", "teacher weights", fix=CACHE_FIX))
         return net.eval()
     folder.mkdir(parents=True, exist_ok=True)
     split = train_split() if callable(train_split) else train_split
@@ -149,7 +152,7 @@ def train_teacher(spec, train_split, arch: str, cfg: dict | None, device, cache_
     gen = device_generator(torch.Generator().manual_seed(int(recipe["seed"]) + 1), device)
     state = {"epoch": 0, "loss": [], "acc": [], "seconds": 0.0}
     if (folder / "checkpoint.pt").exists():  # resume a killed run
-        ck = load_tensors(folder / "checkpoint.pt", "teacher checkpoint", fix="it is a cache file: delete it and run again")
+        ck = load_tensors(folder / "checkpoint.pt", "teacher checkpoint", fix=CACHE_FIX)
         net.load_state_dict(ck["net"])
         opt.load_state_dict(ck["opt"])
         gen.set_state(ck["gen"])

@@ -3,6 +3,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -48,6 +49,30 @@ def test_same_seed_same_hash_and_a_new_eval_seed_reuses_the_set(tmp_path):
     assert other[0]["distilled_sha256"] != first[0]["distilled_sha256"]
 
 
+def test_a_changed_set_value_is_evaluated_anew_and_the_old_record_stays(tmp_path, capsys):
+    one = run(_req(tmp_path, eval_seeds=[0], protocol_overrides={"epochs": 1}), log=lambda *_: None)
+    logs = []
+    three = run(_req(tmp_path, eval_seeds=[0], protocol_overrides={"epochs": 3}), log=logs.append)
+    assert not any("already recorded" in line for line in logs) and any("eval-seed 0" in line for line in logs)
+    assert one[0]["config_hash"] != three[0]["config_hash"] and three[0]["protocol_config"]["epochs"] == 3
+    with ResultStore(tmp_path / "runs" / "results.db") as store:
+        rows = {r["config_hash"]: r for r in store.query()}
+    assert len(rows) == 2 and rows[one[0]["config_hash"]]["acc_last"] == one[0]["acc_last"]  # the old one stays
+    logs = []
+    again = run(_req(tmp_path, eval_seeds=[0], protocol_overrides={"epochs": 3}), log=logs.append)
+    assert any("already recorded" in line for line in logs) and again[0]["config_hash"] == three[0]["config_hash"]
+    # --rerun: evaluated again, replacing the record of that config only
+    argv = ["run", "--method", "random", "--dataset", "digits", "--ipc", "2", "--protocol", "dc", "--set",
+            "protocol.epochs=3", "--out", str(tmp_path / "runs"), "--device", "cpu"]
+    assert main(argv + ["--rerun"]) == 0
+    printed = capsys.readouterr().out
+    assert "already recorded" not in printed and "eval-seed 0" in printed
+    with ResultStore(tmp_path / "runs" / "results.db") as store:
+        after = {r["config_hash"]: r for r in store.query()}
+    assert set(after) == set(rows) and after[one[0]["config_hash"]] == rows[one[0]["config_hash"]]
+    assert after[three[0]["config_hash"]]["created_at"] >= rows[three[0]["config_hash"]]["created_at"]
+
+
 def test_killed_run_resumes_without_redoing_finished_cells(tmp_path):
     """A run killed after its first evaluation keeps that record; the rerun evaluates only the rest."""
     out = tmp_path / "runs"
@@ -85,6 +110,23 @@ BAD = [
     (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--set", "protocol.epoch=1"], "Did you mean epochs"),
     (["run", "--method", "random", "--dataset", "nette", "--ipc", "1", "--imagenet-root", "/nonexistent"], "/nonexistent"),
     (["run", "--method", "random", "--dataset", "mnist", "--ipc", "1"], "DDBENCH_MNIST_ROOT"),
+    # values checked after the overrides are applied: type, range, known keys
+    (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--set", "protocol.epochs=abc"],
+     "--set protocol.epochs='abc': expected a whole number (the card has 300)"),
+    (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--set", "protocol.epochs=0"],
+     "--set protocol.epochs=0: expected a whole number ≥ 1"),
+    (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--set", "protocol.epochs=-3"],
+     "--set protocol.epochs=-3: expected a whole number ≥ 1"),
+    (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--set", "protocol.optimizer.lr=-1"],
+     "--set protocol.optimizer.lr=-1: expected a number > 0"),
+    (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--set", "protocol.amp=maybe"],
+     "--set protocol.amp='maybe': expected true or false"),
+    (["run", "--method", "herding", "--dataset", "digits", "--ipc", "1", "--set", "feature_recipe.epochs=2.5"],
+     "--set feature_recipe.epochs=2.5: expected a whole number"),
+    (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--set", "nosuch.key=1"],
+     "Protocol settings are set with --set protocol.KEY=VALUE; dc has: amp, arch, augment, batch_size"),
+    (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--arch", "timm:resnet_nosuch"],
+     "timm has no model 'resnet_nosuch'"),
 ]
 
 
@@ -97,6 +139,43 @@ def test_bad_input_is_one_clear_line_and_nonzero_exit(argv, message, tmp_path, c
     assert code == 2
     assert message in err
     assert err.startswith("ddbench: error:") and "Traceback" not in err
+
+
+def test_a_code_running_or_non_tensor_teacher_is_one_line_before_anything_runs(tmp_path, capsys):
+    import builtins
+
+    import torch
+
+    class Payload:
+        def __reduce__(self):
+            return builtins.exec, (f"open({str(tmp_path / 'RAN')!r}, 'w')",)
+
+    torch.save(Payload(), tmp_path / "evil.pt")
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    for name, says in (("evil.pt", "holds Python objects"), ("list.pt", "not a state dict")):
+        code = main(["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--protocol", "rded",
+                     "--teacher", str(tmp_path / name), "--out", str(tmp_path / "runs"), "--device", "cpu"])
+        err = capsys.readouterr().err
+        assert code == 2 and says in err and str(tmp_path / name) in err
+        assert err.count("\n") == 1 and "weights_only" not in err
+    assert not (tmp_path / "RAN").exists() and not (tmp_path / "runs" / "distilled").exists()
+
+
+def test_a_corrupt_test_file_fails_before_distilling_and_leaves_no_set(tmp_path, capsys):
+    import shutil
+
+    src = Path("/usr/share/datasets/fashion-mnist")
+    if not src.is_dir():
+        pytest.skip("Fashion-MNIST is not installed (dataset-fashion-mnist)")
+    data = tmp_path / "fashion"
+    shutil.copytree(src, data)
+    test_images = next(p for p in data.iterdir() if p.name.startswith("t10k-images"))
+    test_images.write_bytes(b"\x00\x00\x08\x03garbage")  # wrong magic byte order and truncated
+    code = main(["run", "--method", "random", "--dataset", "fashion", "--ipc", "1", "--data-root", str(data),
+                 "--set", "protocol.epochs=1", "--out", str(tmp_path / "runs"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and test_images.name in err and "Traceback" not in err
+    assert not (tmp_path / "runs" / "distilled").exists()
 
 
 def test_unwritable_out_and_newer_store_schema(tmp_path, capsys):

@@ -84,7 +84,12 @@ def cmd_evaluate(p: argparse.ArgumentParser):
         from ..progress import progress_bar
         from ..report import print_summary
 
-        _, p_over = split_overrides(args.set)
+        m_over, p_over = split_overrides(args.set)
+        if m_over:
+            from ..errors import ConfigError
+
+            raise ConfigError(f"--set {next(iter(m_over))}=...: evaluate scores a finished set, so only protocol "
+                              "settings apply: --set protocol.KEY=VALUE")
         with progress_bar() as progress:
             records = evaluate_folder(Path(args.path), args.dataset, args.name, args.protocol, args.arch,
                                       args.eval_seeds, p_over, Path(args.out), args.device, options_of(args),
