@@ -31,6 +31,26 @@ def test_overrides_parse_types_and_reject_unknown_keys():
         parse_overrides(["epochs"])
 
 
+@pytest.mark.parametrize("over, message", [
+    ({"epochs": "abc"}, "--set epochs='abc': expected a whole number (the card has 300)"),
+    ({"epochs": 0}, "--set epochs=0: expected a whole number ≥ 1"),
+    ({"epochs": 2.5}, "--set epochs=2.5: expected a whole number (the card has 300)"),
+    ({"opt": {"lr": 0}}, "--set opt.lr=0: expected a number > 0"),
+    ({"opt": {"lr": "fast"}}, "--set opt.lr='fast': expected a number (the card has 0.01)"),
+    ({"amp": 1}, "--set amp=1: expected true or false"),
+    ({"name": 3}, "--set name=3: expected a text value"),
+    ({"nosuch": {"key": 1}}, "Known keys: amp, epochs, name, opt."),
+])
+def test_override_values_are_checked_against_the_card(over, message):
+    card = {"epochs": 300, "opt": {"lr": 0.01}, "amp": True, "name": "dc"}
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(dict(card), over)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert apply_overrides(dict(card), {"epochs": 3, "opt": {"lr": 1}, "amp": False})["opt"]["lr"] == 1
+    with pytest.raises(ConfigError, match="has no settings to override"):
+        apply_overrides({}, {"nosuch": {"key": 1}}, where="method random")
+
+
 def test_config_hash_ignores_key_order():
     assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
