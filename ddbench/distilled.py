@@ -136,11 +136,18 @@ class DistilledSet:
             labels = load_tensors(path / "labels_best.pt", "MTT labels")
         elif path.is_file():
             obj = load_tensors(path, "VICO distilled set")
-            if isinstance(obj, dict) and "data" in obj:
-                obj = obj["data"][0]
-            images, labels = obj[0], obj[1]
+            try:
+                if isinstance(obj, dict) and "data" in obj:
+                    obj = obj["data"][0]
+                images, labels = obj[0], obj[1]
+            except (KeyError, IndexError, TypeError):
+                raise DataError(f"{path}: expected a VICO set ((images, labels), or {{'data': [(images, labels)]}})") \
+                    from None
         else:
             raise DataError(f"{path}: expected a VICO .pt file or an MTT folder with images_best.pt and labels_best.pt")
+        if not (isinstance(images, torch.Tensor) and images.dim() == 4 and isinstance(labels, torch.Tensor)
+                and labels.dim() in (1, 2) and len(labels) == len(images)):
+            raise DataError(f"{path}: expected N×C×H×W images and N labels (or N×K soft labels) as tensors")
         if labels.dim() == 2:  # soft / one-hot labels
             labels = labels.argmax(1)
         images = images.float()

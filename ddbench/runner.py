@@ -230,7 +230,6 @@ def run(req: RunRequest, progress=None, log=print) -> list[dict]:
     info = {"method_version": method.version, "method_config": method.cfg, "method_kind": method.card.get("kind", "")}
     check_weights(used_weights(info["method_kind"], method.cfg, protocol, spec, req.options))
     cell_hash = cell_config_hash(info, protocol, spec, req.options)
-    check_data(spec)
     out = Path(req.out)
     store = ResultStore(out / "results.db")
     cache_dir = Path(req.options.get("cache_dir") or default_cache_dir())
@@ -254,7 +253,8 @@ def run(req: RunRequest, progress=None, log=print) -> list[dict]:
             log(f"seed {seed}: all {len(keys)} evaluations already recorded in {store.path} (config {cell_hash}); "
                 "skipping (--rerun evaluates them anew)")
             continue
-        if test is None:  # before distilling: a test split that cannot be read must not cost a distillation
+        if test is None:  # before distilling: a data file that cannot be read must not cost a distillation
+            check_data(spec)
             test = load_split(spec, "test", cache_dir=cache_dir / "data")
         with ddp.main_first():  # rank 0 distils and saves; the other ranks then load the saved set
             dset, phases = distilled_set(method, ctx, req, spec, seed, out, prepared, log)

@@ -65,8 +65,8 @@ def test_a_changed_set_value_is_evaluated_anew_and_the_old_record_stays(tmp_path
     argv = ["run", "--method", "random", "--dataset", "digits", "--ipc", "2", "--protocol", "dc", "--set",
             "protocol.epochs=3", "--out", str(tmp_path / "runs"), "--device", "cpu"]
     assert main(argv + ["--rerun"]) == 0
-    printed = capsys.readouterr().out
-    assert "already recorded" not in printed and "eval-seed 0" in printed
+    logged = capsys.readouterr().err  # the run's log lines go to stderr, the summary table to stdout
+    assert "already recorded" not in logged and "eval-seed 0: last" in logged
     with ResultStore(tmp_path / "runs" / "results.db") as store:
         after = {r["config_hash"]: r for r in store.query()}
     assert set(after) == set(rows) and after[one[0]["config_hash"]] == rows[one[0]["config_hash"]]
