@@ -33,7 +33,7 @@ def real_features(ctx, arch: str, recipe: dict) -> torch.Tensor:
     file = folder / "features.pt"
     if file.exists():
         return load_tensors(file, "cached features", fix="it is a cache file: delete it and run again")
-    net = teacher_for(ctx.spec, arch, ctx.device, ctx.cache_dir, train, cfg=recipe or None)
+    net = teacher_for(ctx.spec, arch, ctx.device, ctx.cache_dir, train, cfg=recipe or None, progress=ctx.progress)
     feats = embed(net, train.images, ctx.spec, ctx.device)
     tmp = file.with_suffix(f".tmp{os.getpid()}")
     torch.save(feats, tmp)

@@ -178,7 +178,7 @@ def feature_recipe(spec, space: str) -> dict | None:
 
 
 def embed_images(images: torch.Tensor, real_split, spec, space: str, device,
-                 cache_dir) -> tuple[torch.Tensor, torch.Tensor]:
+                 cache_dir, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(distilled features, real features) in a resolved `space`; real features are cached for networks."""
     if space == "pixels":
         return pixel_features(images), pixel_features(real_split.images)
@@ -187,13 +187,13 @@ def embed_images(images: torch.Tensor, real_split, spec, space: str, device,
     from .teacher import teacher_for
 
     recipe = feature_recipe(spec, space)
-    ctx = Context(spec, torch.device(device), cache_dir, lambda: real_split)
+    ctx = Context(spec, torch.device(device), cache_dir, lambda: real_split, progress)  # bar of the network's training
     real = real_features(ctx, space, recipe)  # the network is trained once and cached, as are these features
     net = teacher_for(spec, space, ctx.device, cache_dir, real_split, cfg=recipe)
     return embed(net, images, spec, ctx.device), real
 
 
-def set_metrics(dset, spec, real_split, device, cache_dir, space: str = "auto") -> dict:
+def set_metrics(dset, spec, real_split, device, cache_dir, space: str = "auto", progress=None) -> dict:
     """Metrics of a DistilledSet against the real training split, in a fixed feature space (module doc)."""
     from pathlib import Path
 
@@ -202,7 +202,7 @@ def set_metrics(dset, spec, real_split, device, cache_dir, space: str = "auto") 
                         f"{list(spec.classes)[:3]}…; pass the dataset the set was distilled from")
     images = match_images(dset.images, real_split.images)
     space = resolve_space(spec, space)
-    syn, real = embed_images(images, real_split, spec, space, device, Path(cache_dir))
+    syn, real = embed_images(images, real_split, spec, space, device, Path(cache_dir), progress)
     out = metrics_from_features(syn, dset.labels, real, real_split.labels, len(spec.classes))
     out["space"] = space
     out["space_recipe"] = feature_recipe(spec, space)  # what trained the feature network (None: pixels)
@@ -226,7 +226,7 @@ def metrics_space_option(value: str | None) -> str:
 
 
 def recorded_set_metrics(dset, folder, spec, train, device, cache_dir, space: str | None = None,
-                         log=print) -> dict | None:
+                         log=print, progress=None) -> dict | None:
     """Overall metrics of the set saved in `folder`, computed once and kept there as set_metrics.json.
 
     Returns {"space": ..., "diversity": ..., ...} (what result records carry in `extra["set_metrics"]`), or
@@ -248,7 +248,7 @@ def recorded_set_metrics(dset, folder, spec, train, device, cache_dir, space: st
                 return _for_record(space, data["overall"])
         except (OSError, ValueError, KeyError):
             pass  # unreadable or stale: computed again below
-    m = set_metrics(dset, spec, train(), device, cache_dir, space=space)
+    m = set_metrics(dset, spec, train(), device, cache_dir, space=space, progress=progress)
     data = {"sha256": sha, "space": space, "space_recipe": m["space_recipe"], "knn": m["knn"],
             "overall": m["overall"], "per_class": m["per_class"]}
     tmp = path.with_suffix(f".tmp{os.getpid()}")

@@ -71,6 +71,11 @@ class Protocol:
     def evaluate(self, dset, spec, test, arch: str, seed: int, device) -> EvalResult:
         raise NotImplementedError
 
+    def evaluate_many(self, dset, spec, test, arch: str, seeds: list[int], device, progress=None) -> list[EvalResult]:
+        """One result per evaluation seed. A family that can train several networks at once overrides this;
+        the result for a seed must not depend on which other seeds share the call (within float tolerance)."""
+        return [self.evaluate(dset, spec, test, arch, seed, device) for seed in seeds]
+
 
 class ResourceMeter:
     """Wall time and peak memory (MB) of a block: CUDA max allocated on GPU, process peak RSS on CPU."""

@@ -260,7 +260,8 @@ def run(req: RunRequest, progress=None, log=print) -> list[dict]:
             dset, phases = distilled_set(method, ctx, req, spec, seed, out, prepared, log)
         info_out = {k: v for k, v in info.items() if k != "method_kind"}
         records += evaluate_cells(dset, spec, protocol, todo, store, test, device, info_out, phases, log,
-                                  replace=req.rerun)
+                                  replace=req.rerun, models_at_once=req.options.get("models_at_once"),
+                                  progress=progress)
     store.close()
     return records
 
@@ -277,26 +278,43 @@ def load_method_for_run(name: str, dataset: str, overrides: dict, protocol):
                           f"{', '.join(keys)}.") from None
 
 
-def evaluate_cells(dset, spec, protocol, keys, store, test, device, info, phases, log, replace=False) -> list[dict]:
+def evaluate_cells(dset, spec, protocol, keys, store, test, device, info, phases, log, replace=False,
+                   models_at_once=None, progress=None) -> list[dict]:
     """Evaluate `dset` for each record key (config_hash included) and store each record as soon as it exists;
-    `replace` overwrites a stored record of the same key (--rerun)."""
+    `replace` overwrites a stored record of the same key (--rerun).
+
+    The eval seeds of one arch are trained together, `models_at_once` networks per job (None: chosen from the
+    device, see ddbench.train_many.models_at_once); each model's record is written when its job ends.
+    """
+    from .train_many import models_at_once as choose_k
+
     sha = dset.provenance.get("sha256") or dset.sha256()
     records = []
-    for key in keys:
-        with PhaseMeter(device) as meter:
-            result = protocol.evaluate(dset, spec, test, key["arch"], key["eval_seed"], device)
-        record = {**key, "acc_last": result.acc_last, "acc_best": result.acc_best, "best_epoch": result.best_epoch,
-                  **info, "protocol_version": protocol.card.get("version", 1), "protocol_config": protocol.card,
-                  "distilled_sha256": sha, "distilled_path": str(dset.provenance.get("path", "")),
-                  "code_version": code_version(), "device": device_name(device), "hardware": hardware_info(device),
-                  "timings": {**phases["timings"], "evaluate": result.seconds},
-                  "peak_mem": {**phases["peak_mem"], "evaluate": max(result.peak_mem_mb, meter.peak_mb)},
-                  "curve": result.curve, "extra": _extra(result.extra, phases)}
-        if ddp.is_main():
-            store.add(record, replace=replace)
-        records.append(record)
-        log(f"{key['arch']} eval-seed {key['eval_seed']}: last {result.acc_last:.2f}%  best {result.acc_best:.2f}%")
+    for arch in dict.fromkeys(k["arch"] for k in keys):
+        cells = [k for k in keys if k["arch"] == arch]
+        planned = getattr(protocol, "step_bytes", None) if device.type == "cuda" and models_at_once is None else None
+        at_once = choose_k(models_at_once, device, len(cells), planned(dset, spec, arch) if planned else None)
+        for job in (cells[i:i + at_once] for i in range(0, len(cells), at_once)):
+            with PhaseMeter(device) as meter:
+                results = protocol.evaluate_many(dset, spec, test, arch, [k["eval_seed"] for k in job], device,
+                                                 progress=progress)
+            for key, result in zip(job, results):
+                record = _record(key, result, meter.peak_mb, info, protocol, sha, dset, device, phases)
+                if ddp.is_main():
+                    store.add(record, replace=replace)
+                records.append(record)
+                log(f"{arch} eval-seed {key['eval_seed']}: last {result.acc_last:.2f}%  best {result.acc_best:.2f}%")
     return records
+
+
+def _record(key, result, peak_mb, info, protocol, sha, dset, device, phases) -> dict:
+    return {**key, "acc_last": result.acc_last, "acc_best": result.acc_best, "best_epoch": result.best_epoch,
+            **info, "protocol_version": protocol.card.get("version", 1), "protocol_config": protocol.card,
+            "distilled_sha256": sha, "distilled_path": str(dset.provenance.get("path", "")),
+            "code_version": code_version(), "device": device_name(device), "hardware": hardware_info(device),
+            "timings": {**phases["timings"], "evaluate": result.seconds},
+            "peak_mem": {**phases["peak_mem"], "evaluate": max(result.peak_mem_mb, peak_mb)},
+            "curve": result.curve, "extra": _extra(result.extra, phases)}
 
 
 def _extra(extra: dict | None, phases: dict) -> dict | None:
@@ -336,7 +354,8 @@ def evaluate_folder(path: Path, dataset: str, name: str | None, protocol_name: s
         done = [r for k in keys if k not in todo for r in store.query(**k)]
         info = {"method_version": 0, "method_config": {"external_path": str(path)}}
         phases = {"timings": {}, "peak_mem": {}}
-        return done + evaluate_cells(dset, spec, protocol, todo, store, test, dev, info, phases, log, replace=rerun)
+        return done + evaluate_cells(dset, spec, protocol, todo, store, test, dev, info, phases, log, replace=rerun,
+                                     models_at_once=options.get("models_at_once"))
 
 
 def distilled_folder(out: Path, method: str, dataset: str, ipc: int, seed: int, key: str) -> Path:
@@ -379,4 +398,4 @@ def _set_metrics(dset, folder, ctx, log) -> dict | None:
     from .metrics import recorded_set_metrics
 
     return recorded_set_metrics(dset, folder, ctx.spec, ctx.train, ctx.device, ctx.cache_dir,
-                                ctx.options.get("set_metrics"), log)
+                                ctx.options.get("set_metrics"), log, ctx.progress)

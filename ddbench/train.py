@@ -34,19 +34,27 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "multistep", "step_half", "cosine", "cosine_rded")
 
 
-def param_groups(net: nn.Module, weight_decay: float, wd_on_1d: bool = True) -> list[dict]:
-    """One group, or two when 1-d parameters (biases, norm affines) are exempt from weight decay (RDED/SRe2L)."""
-    params = [p for p in net.parameters() if p.requires_grad]
+def param_groups(net: nn.Module, weight_decay: float, wd_on_1d: bool = True,
+                 params: list[torch.Tensor] | None = None, ndims: list[int] | None = None) -> list[dict]:
+    """One group, or two when 1-d parameters (biases, norm affines) are exempt from weight decay (RDED/SRe2L).
+
+    params / ndims replace net's trainable parameters and their ranks (a model stack passes its K×… tensors
+    with the rank each has in one model).
+    """
+    if params is None:
+        params = [p for p in net.parameters() if p.requires_grad]
+        ndims = [p.ndim for p in params]
     if wd_on_1d:
         return [{"params": params, "weight_decay": weight_decay}]
-    return [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    return [{"params": [p for p, d in zip(params, ndims) if d > 1], "weight_decay": weight_decay},
+            {"params": [p for p, d in zip(params, ndims) if d <= 1], "weight_decay": 0.0}]
 
 
-def build_optimizer(net: nn.Module, cfg: dict) -> torch.optim.Optimizer:
+def build_optimizer(net: nn.Module | None, cfg: dict, params: list[torch.Tensor] | None = None,
+                    ndims: list[int] | None = None) -> torch.optim.Optimizer:
     """cfg: name (sgd|adamw), lr, weight_decay, wd_on_1d (default true), momentum / nesterov (sgd), betas (adamw)."""
     name = cfg.get("name", "sgd")
-    groups = param_groups(net, float(cfg.get("weight_decay", 0.0)), bool(cfg.get("wd_on_1d", True)))
+    groups = param_groups(net, float(cfg.get("weight_decay", 0.0)), bool(cfg.get("wd_on_1d", True)), params, ndims)
     lr = float(cfg["lr"])
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=float(cfg.get("momentum", 0.0)),

@@ -18,7 +18,8 @@ from ddbench.augment import DSAugment, IDCAugment, Normalize, resize_center_crop
 from ddbench.errors import ConfigError, DataError
 from ddbench.protocol import EvalResult, Protocol, ResourceMeter
 from ddbench.ddp import maybe_wrap_ddp
-from ddbench.train import CutMixCE, evaluate_accuracy, train_classifier
+from ddbench.train import CutMixCE
+from ddbench.train_many import evaluate_accuracies, step_bytes, train_classifiers
 
 AUGMENTS = ("none", "dsa", "idc")
 MIXES = ("none", "cutmix")
@@ -151,6 +152,15 @@ class HardLabelProtocol(Protocol):
         return Normalize(spec.mean, spec.std)
 
     def evaluate(self, dset, spec, test, arch: str | None, seed: int, device) -> EvalResult:
+        return self.evaluate_many(dset, spec, test, arch, [seed], device)[0]
+
+    def evaluate_many(self, dset, spec, test, arch: str | None, seeds: list[int], device,
+                      progress=None) -> list[EvalResult]:
+        """One result per evaluation seed; the networks of all `seeds` are trained together (train_classifiers).
+
+        Each network is initialised and augmented from its own seed exactly as a lone evaluation would be, so
+        the result for a seed does not depend on which other seeds share the job (within float tolerance).
+        """
         from ddbench.nets import build_net  # imported here: listing protocols must not import every network
 
         device = torch.device(device)
@@ -164,26 +174,42 @@ class HardLabelProtocol(Protocol):
             plan = self.plan(len(labels), spec.num_classes)
             train_x = to_resolution(dset.images, size, device)
             test_x, test_y = to_resolution(test.images, size, device), test.labels.to(device)
-            seeds = torch.Generator().manual_seed(int(seed))
-            net = maybe_wrap_ddp(build_net(arch, spec.num_classes, spec.channels, size, generator=seeds), device)
-            aug_seed = int(torch.randint(0, 2**62, (1,), generator=seeds))
+            gens = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+            nets = [maybe_wrap_ddp(build_net(arch, spec.num_classes, spec.channels, size, generator=g), device)
+                    for g in gens]
+            augments = [self.train_augment(spec, size, int(torch.randint(0, 2**62, (1,), generator=g)))
+                        for g in gens]
             test_tf = Normalize(spec.mean, spec.std)  # the test split is already Resize + CenterCrop at `size`
 
-            def eval_fn(model):
-                return evaluate_accuracy(model, test_x, test_y, test_tf, c["eval_batch_size"], device,
-                                         c["amp"], c["channels_last"])
+            def eval_fn(models):
+                return evaluate_accuracies(models, test_x, test_y, test_tf, c["eval_batch_size"], device,
+                                           c["amp"], c["channels_last"])
 
             loss = CutMixCE(c["cutmix_beta"], c["cutmix_p"]) if c["mix"] == "cutmix" else "ce"
-            hist = train_classifier(
-                net, train_x, labels, epochs=plan["epochs"], batch_size=plan["batch_size"],
-                optimizer=plan["optimizer"], schedule=plan["schedule"],
-                augment=self.train_augment(spec, size, aug_seed), loss=loss, eval_fn=eval_fn,
-                eval_every=plan["eval_every"], generator=seeds, device=device, amp=c["amp"],
-                channels_last=c["channels_last"], description=f"{self.name} {arch}")
-        extra = {"plan": plan, "arch": arch, "resolution": size, "n_train": len(labels),
+            hists = train_classifiers(
+                nets, train_x, labels, epochs=plan["epochs"], batch_size=plan["batch_size"],
+                optimizer=plan["optimizer"], schedule=plan["schedule"], augments=augments, loss=loss,
+                eval_fn=eval_fn, eval_every=plan["eval_every"], generators=gens, device=device, amp=c["amp"],
+                channels_last=c["channels_last"], progress=progress, description=f"{self.name} {arch}")
+        return [self._result(hist, plan, arch, size, len(labels), meter, len(seeds)) for hist in hists]
+
+    def step_bytes(self, dset, spec, arch: str | None) -> int:
+        """Planned bytes of one network's training step on this set (what sizes a multi-model job)."""
+        from ddbench.nets import build_net
+
+        arch = arch or self.card["arch"]
+        size = int(self.card["resolution"] or spec.resolution)
+        batch = min(self.plan(len(dset.images), spec.num_classes)["batch_size"], len(dset.images))
+        return step_bytes(build_net(arch, spec.num_classes, spec.channels, size), (batch, spec.channels, size, size))
+
+    @staticmethod
+    def _result(hist, plan, arch, size, n_train, meter, k) -> EvalResult:
+        extra = {"plan": plan, "arch": arch, "resolution": size, "n_train": n_train,
                  "train_loss_last": hist.train_loss[-1], "train_acc_last": hist.train_acc[-1],
                  "train_seconds": hist.seconds}
-        return EvalResult.from_curve(hist.curve, meter.seconds, meter.peak_mb, extra)
+        if k > 1:  # the job's wall time is shared by its k models
+            extra["models_at_once"] = k
+        return EvalResult.from_curve(hist.curve, meter.seconds / k, meter.peak_mb, extra)
 
 
 PROTOCOL = HardLabelProtocol

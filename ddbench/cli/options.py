@@ -32,8 +32,14 @@ def add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", default=os.environ.get("DDBENCH_TEACHER"), help="torchvision-format teacher weights (env DDBENCH_TEACHER)")
 
 
+def add_models_at_once(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--models-at-once", type=positive_int, default=None, metavar="K",
+                   help="evaluation networks trained together in one job (default: from the device's free "
+                        "memory on CUDA, the measured CPU rule on CPU; 1 = one after the other)")
+
+
 def options_of(args) -> dict:
-    keys = ("imagenet_root", "data_root", "cache_dir", "dit", "vae", "teacher", "set_metrics")
+    keys = ("imagenet_root", "data_root", "cache_dir", "dit", "vae", "teacher", "set_metrics", "models_at_once")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None)}
 
 
@@ -43,6 +49,13 @@ def int_list(text: str) -> list[int]:
         return parse_int_list(text)
     except ConfigError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type of a count: a positive integer, else a usage error naming the text."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return int(text)
 
 
 def split_overrides(items: list[str]) -> tuple[dict, dict]:

@@ -7,7 +7,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .options import add_data_options, command, options_of
+from .options import add_data_options, add_models_at_once, command, options_of
 from ..errors import ConfigError
 
 
@@ -142,6 +142,7 @@ def cmd_regress(p: argparse.ArgumentParser):
                    help="K in max(floor, K·sqrt(σb²/nb + σ²/n)); default: the file's tolerance.sigma")
     p.add_argument("--update", action="store_true", help="write the fresh numbers into the baseline file")
     p.add_argument("--out", default=None, help="run directory (default: a fresh temporary one, kept and printed)")
+    add_models_at_once(p)
     add_data_options(p)
 
     def handler(args):

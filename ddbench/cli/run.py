@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .options import add_data_options, add_model_options, command, int_list, options_of, split_overrides
+from .options import (add_data_options, add_model_options, add_models_at_once, command, int_list, options_of,
+                      split_overrides)
 from ..config import parse_overrides
 
 
@@ -49,6 +50,7 @@ def cmd_run(p: argparse.ArgumentParser):
     p.add_argument("--rerun", action="store_true",
                    help="evaluate anew even when the store holds these cells under the same config (replaces them)")
     add_data_options(p)
+    add_models_at_once(p)
     add_model_options(p)
 
     def handler(args):
@@ -77,6 +79,7 @@ def cmd_evaluate(p: argparse.ArgumentParser):
     p.add_argument("--out", default="runs")
     p.add_argument("--rerun", action="store_true",
                    help="evaluate anew even when the store holds these cells under the same config (replaces them)")
+    add_models_at_once(p)
     add_data_options(p)
 
     def handler(args):
