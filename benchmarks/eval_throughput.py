@@ -141,6 +141,8 @@ def main(argv=None) -> None:
     p.add_argument("--test", type=int, default=None, help="test images (default 10000)")
     p.add_argument("--ref-steps", type=int, default=None, help="timed reference steps (default 20)")
     p.add_argument("--workers", type=int, default=4, help="reference DataLoader workers (idc)")
+    p.add_argument("--write-costs", default=None, metavar="FILE",
+                   help="also write the rows as a sweep price table (leaderboards/costs/<device>.json)")
     p.add_argument("--full", action="store_true", help="on CPU too: the GPU sizes instead of the tiny ones")
     args = p.parse_args(argv)
     device = torch.device(args.device)
@@ -152,10 +154,26 @@ def main(argv=None) -> None:
             setattr(args, key, value)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(f"# device: {name}   {'tiny CPU configuration' if tiny else 'full configuration'}", flush=True)
+    rows = []
     for protocol in args.protocols:
         for arch in [a for a in CONFIGS[protocol][0] if args.archs is None or a in args.archs]:
             for ipc in args.ipcs:
-                bench(protocol, arch, ipc, args.ks, args, device)
+                rows += bench(protocol, arch, ipc, args.ks, args, device)
+    if args.write_costs:
+        write_costs(Path(args.write_costs), rows, name, argv)
+
+
+def write_costs(path: Path, rows: list[dict], device: str, argv) -> None:
+    """The price table `ddbench sweep --dry-run` reads (ddbench/sweep/price.py): measured rows only."""
+    keep = ("protocol", "arch", "size", "ipc", "batch", "models_at_once", "samples_s")
+    entries = [{**{k: r[k] for k in keep}, "test_samples_s": round(r["models_at_once"] * r["test_images"] / r["test_s"], 1)}
+               for r in rows if "samples_s" in r]
+    command = "python benchmarks/eval_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    table = {"device": device, "date": time.strftime("%Y-%m-%d", time.gmtime()), "command": command,
+             "torch": torch.__version__, "entries": entries}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(table, indent=1) + "\n")
+    print(f"# wrote {len(entries)} entries to {path}", flush=True)
 
 
 if __name__ == "__main__":

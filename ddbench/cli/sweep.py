@@ -28,6 +28,9 @@ def cmd_sweep(p: argparse.ArgumentParser):
     p.add_argument("--rerun", action="store_true", help="evaluate every cell anew, replacing records of the same "
                    "config (distilled sets on disk are still reused)")
     p.add_argument("--device", default="auto", help="auto (cuda where a cell got a GPU), cpu, cuda")
+    p.add_argument("--costs", action="append", default=None, metavar="DEVICE|FILE",
+                   help="--dry-run price from this throughput table (leaderboards/costs/<DEVICE>.json or a path); "
+                        "default: every table there")
     for flag, what in (("--imagenet-root", "ImageNet root"), ("--data-root", "IDX dataset folder"),
                        ("--cache-dir", "cache (default <out>/cache)"), ("--dit", "DiT checkpoint"),
                        ("--vae", "VAE folder"), ("--teacher", "teacher weights")):
@@ -42,7 +45,8 @@ def cmd_sweep(p: argparse.ArgumentParser):
         from ..sweep.expand import load_grid
         from ..sweep.grid import PATH_ENV, parse_only
         from ..sweep.execute import execute, plan_status
-        from ..sweep.view import SweepView, print_cost, print_failures, print_plan, print_stale
+        from ..sweep.price import cost_tables
+        from ..sweep.view import SweepView, print_cost, print_failures, print_plan, print_price, print_stale
 
         if args.max_parallel is not None and args.max_parallel < 1:
             raise DDBenchError(f"--max-parallel must be at least 1, got {args.max_parallel}")
@@ -54,6 +58,7 @@ def cmd_sweep(p: argparse.ArgumentParser):
         if args.dry_run:
             with ResultStore(store_path) as store:
                 print_plan(plan, plan_status(plan, store, out, args.rerun), console)
+            print_price(plan, cost_tables(args.costs), console)
             return
         result = execute(plan, out, local=args.local, ray_address=args.ray_address, max_parallel=args.max_parallel,
                          device=args.device, view=SweepView(), store_path=store_path, rerun=args.rerun)
