@@ -30,6 +30,7 @@ from ddbench.protocols.hard import aligned_labels, to_resolution
 from ddbench.ddp import maybe_wrap_ddp
 from ddbench.train import build_optimizer, device_generator, evaluate_accuracy, lr_factor
 from ddbench.safeload import load_tensors
+from ddbench.train_many import evaluate_accuracies
 
 LABEL_MODES = ("online", "stored")
 
@@ -213,6 +214,69 @@ def train_soft(student: nn.Module, images: torch.Tensor, teacher: nn.Module | No
     return curve
 
 
+def kd_loss_many(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """K: kd_loss of each of K students (K×B×classes) against its teacher logits (K×B×classes)."""
+    t = float(temperature)
+    kl = F.kl_div(F.log_softmax(student_logits.float() / t, -1), F.softmax(teacher_logits.float() / t, -1),
+                  reduction="none")
+    return kl.sum(dim=(1, 2)) / student_logits.shape[1]  # batchmean per student
+
+
+def train_soft_many(students: list[nn.Module], images: torch.Tensor, teacher: nn.Module | None, plan: dict, spec,
+                    gens: list[torch.Generator], device, *, store: Path | None = None, eval_fn=None, eval_epochs=(),
+                    progress=None) -> list[list[tuple[int, float]]]:
+    """`train_soft` of K students of one architecture at once (ddbench.train_many.ModelStack); one curve each.
+
+    Online labels: each student draws its own augmented batches from its own generator (as alone) and the
+    teacher labels the K batches in one forward. Stored labels: every student replays the same batches and
+    logits, so the K students share one input. eval_fn(model) returns one accuracy per student (model is the
+    stack, or the lone student when K = 1, which is `train_soft` itself).
+    """
+    from ddbench.train_many import ModelStack
+
+    k = len(students)
+    if k == 1 or any(isinstance(s, nn.parallel.DistributedDataParallel) for s in students):
+        lone = (lambda m: eval_fn(m)[0]) if eval_fn is not None else None
+        return [train_soft(s, images, teacher, plan, spec, g, device, store=store, eval_fn=lone,
+                           eval_epochs=eval_epochs, progress=progress) for s, g in zip(students, gens)]
+    stack = ModelStack([s.to(device).train() for s in students]).train()
+    opt = build_optimizer(None, plan["optimizer"], list(stack.params.values()), stack.ndims)
+    base = [grp["lr"] for grp in opt.param_groups]
+    gds = [device_generator(g, torch.device(device)) for g in gens]
+    curves, epochs = [[] for _ in range(k)], plan["epochs"]
+    it = range(epochs) if progress is None else progress.track(range(epochs), description=f"soft-label train ×{k}")
+    for e in it:
+        for grp, b in zip(opt.param_groups, base):
+            grp["lr"] = b * lr_factor(plan["schedule"], e, epochs)
+        if store is None:  # K×B inputs, one batch per student from its own draws
+            steps = zip(*(iter_epoch(images, plan, spec, gd) for gd in gds))
+            batches = ((torch.stack([x for _, _, x in step]), None, False) for step in steps)
+        else:  # the stored batches are the same for every student
+            stored = load_tensors(store / f"epoch_{e}.pt", "stored soft labels",
+                                  fix="it is a cache file: delete it and run again")["batches"]
+            batches = ((apply_batch(images[b["idx"].to(device)], b, plan["aug"], spec), b["logits"].to(device), True)
+                       for b in stored)
+        for x, t_logits, shared in batches:
+            with autocast(device, plan.get("amp", True)):
+                if t_logits is None:  # one teacher forward for the K batches
+                    t_logits = _label(teacher, x.flatten(0, 1)).view(k, x.shape[1], -1)
+                else:
+                    t_logits = t_logits.expand(k, *t_logits.shape)
+                if plan.get("extra_bn_forward"):
+                    with torch.no_grad():
+                        stack(x, shared=shared)
+                loss = kd_loss_many(stack(x, shared=shared), t_logits.detach(), plan["temperature"])
+            opt.zero_grad(set_to_none=True)
+            loss.sum().backward()  # each student's parameters get the gradient of its own loss
+            opt.step()
+        if e + 1 in set(eval_epochs) and eval_fn is not None:
+            for curve, acc in zip(curves, eval_fn(stack)):
+                curve.append((e + 1, float(acc)))
+            stack.train()
+    stack.write_back(students)
+    return curves
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Rules: batch size by IPC, evaluation points
 # ---------------------------------------------------------------------------------------------------------
@@ -321,6 +385,11 @@ class SoftLabelProtocol(Protocol):
         return cache[key]
 
     def evaluate(self, dset, spec, test, arch: str | None, seed: int, device) -> EvalResult:
+        return self.evaluate_many(dset, spec, test, arch, [seed], device)[0]
+
+    def evaluate_many(self, dset, spec, test, arch: str | None, seeds: list[int], device,
+                      progress=None) -> list[EvalResult]:
+        """One result per evaluation seed; the students of all `seeds` train together (train_soft_many)."""
         from ddbench.nets import build_net
 
         device = torch.device(device)
@@ -335,8 +404,9 @@ class SoftLabelProtocol(Protocol):
             images = dset.images.to(device)
             size = plan["aug"]["size"]
             test_x, test_y = self.test_images(test, spec, size, cache, device)
-            seeds = torch.Generator().manual_seed(int(seed))
-            student = maybe_wrap_ddp(build_net(arch, spec.num_classes, spec.channels, size, generator=seeds), device)
+            gens = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+            students = [maybe_wrap_ddp(build_net(arch, spec.num_classes, spec.channels, size, generator=g), device)
+                        for g in gens]
             extra = {"plan": plan, "arch": arch, "teacher": ident, "n_train": len(images),
                      "teacher_test_acc": self.teacher_accuracy(teacher, ident, spec, test_x, test_y, device)}
             store = None
@@ -351,13 +421,15 @@ class SoftLabelProtocol(Protocol):
                 extra["soft_label_bytes_if_stored_fkd"] = fkd_bytes_estimate(
                     len(images), spec.num_classes, plan["epochs"], plan["batch_size"], int(self.card["shuffle_patches"]))
 
-            def eval_fn(net):
-                return evaluate_accuracy(net, test_x, test_y, lambda x: normalize(x, spec.mean, spec.std),
-                                         self.card["eval_batch_size"], device)
+            def eval_fn(models):
+                return evaluate_accuracies(models, test_x, test_y, lambda x: normalize(x, spec.mean, spec.std),
+                                           self.card["eval_batch_size"], device)
 
-            curve = train_soft(student, images, teacher, plan, spec, seeds, device, store=store, eval_fn=eval_fn,
-                               eval_epochs=plan["eval_epochs"])
-        return EvalResult.from_curve(curve, meter.seconds, meter.peak_mb, extra)
+            curves = train_soft_many(students, images, teacher, plan, spec, gens, device, store=store,
+                                     eval_fn=eval_fn, eval_epochs=plan["eval_epochs"], progress=progress)
+        k = len(seeds)
+        shared = {"models_at_once": k} if k > 1 else {}  # the job's wall time is shared by its k students
+        return [EvalResult.from_curve(curve, meter.seconds / k, meter.peak_mb, {**extra, **shared}) for curve in curves]
 
 
 PROTOCOL = SoftLabelProtocol

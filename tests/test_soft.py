@@ -223,3 +223,42 @@ def test_soft_labelled_set_under_a_hard_card(fashion):
     relabelled = DistilledSet(hard.images, hard.labels, hard.classes, {}, soft_labels=torch.full((20, 10), 0.1))
     r = load_protocol("dc", {"epochs": 1, "eval_points": 1}).evaluate(relabelled, spec, test, None, 0, "cpu")
     assert r.extra["n_train"] == 20 and r.curve[-1][0] == 1
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Several students at once (train_soft_many): each trains as it would alone
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stored", [False, True])
+def test_students_trained_together_equal_lone_students(stored, tmp_path):
+    import copy
+
+    images, teacher = tiny_images(10), tiny_teacher()
+    pl = plan(epochs=2, batch_size=5, extra_bn_forward=True)
+    store = None
+    if stored:
+        store = tmp_path / "labels"
+        soft.build_store(store, images, teacher, pl, SPEC, seed=3)
+    students = [build_net("convnet3_bn", 3, 1, 8, width=8, generator=torch.Generator().manual_seed(s)) for s in (1, 2)]
+    lone = [copy.deepcopy(s) for s in students]
+    soft.train_soft_many(students, images, teacher, pl, SPEC, [torch.Generator().manual_seed(10 + j) for j in range(2)],
+                         "cpu", store=store)
+    for j in range(2):
+        soft.train_soft(lone[j], images, teacher, pl, SPEC, torch.Generator().manual_seed(10 + j), "cpu", store=store)
+        for (name, a), b in zip(students[j].state_dict().items(), lone[j].state_dict().values()):
+            if a.is_floating_point():
+                assert float((a - b).norm() / b.norm().clamp_min(1e-12)) <= 1e-4, name
+    assert not torch.equal(students[0].state_dict()["classifier.weight"], students[1].state_dict()["classifier.weight"])
+
+
+def test_rded_evaluate_many_equals_lone_evaluations(fashion):
+    spec, test, cache, hard = fashion
+    p = protocol("rded", cache, epochs=2, eval_after=None, eval_every=1, eval_offset=0)
+    together = p.evaluate_many(hard, spec, test, None, [0, 1], "cpu")
+    one_image = 100.0 / len(test.labels)
+    for seed, t in zip((0, 1), together):
+        a = p.evaluate(hard, spec, test, None, seed, "cpu")
+        assert [e for e, _ in t.curve] == [e for e, _ in a.curve] == [1, 2]
+        assert all(abs(x - y) <= one_image for (_, x), (_, y) in zip(t.curve, a.curve))
+        assert t.extra["models_at_once"] == 2 and "models_at_once" not in a.extra
