@@ -151,3 +151,11 @@ def test_step_bytes_grows_with_batch_and_counts_parameters():
     n_params = sum(p.numel() for p in net.parameters())
     assert small > 16 * n_params and big > small
     assert next(net.parameters()).device.type == "cpu"  # the planning left the real network alone
+
+
+def test_models_at_once_on_cuda_fills_a_share_of_the_free_memory(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10 * 2**30, 80 * 2**30))
+    assert models_at_once(None, "cuda", 50, bytes_per_model=2**30) == 8  # 80 % of 10 GiB at 1 GiB each
+    assert models_at_once(None, "cuda", 5, bytes_per_model=2**30) == 5  # never more than there are models
+    assert models_at_once(None, "cuda", 500, bytes_per_model=2**20) == 100  # the cap
+    assert models_at_once(None, "cuda", 50, bytes_per_model=64 * 2**30) == 1  # one always runs
