@@ -166,7 +166,8 @@ def main(argv=None) -> None:
 def write_costs(path: Path, rows: list[dict], device: str, argv) -> None:
     """The price table `ddbench sweep --dry-run` reads (ddbench/sweep/price.py): measured rows only."""
     keep = ("protocol", "arch", "size", "ipc", "batch", "models_at_once", "samples_s")
-    entries = [{**{k: r[k] for k in keep}, "test_samples_s": round(r["models_at_once"] * r["test_images"] / r["test_s"], 1)}
+    entries = [{**{k: r[k] for k in keep},
+                "test_samples_s": round(r["models_at_once"] * r["test_images"] / r["test_s"], 1)}
                for r in rows if "samples_s" in r]
     command = "python benchmarks/eval_throughput.py " + " ".join(sys.argv[1:] if argv is None else argv)
     table = {"device": device, "date": time.strftime("%Y-%m-%d", time.gmtime()), "command": command,

@@ -216,7 +216,8 @@ def _train_stack(nets, images, labels, augments, generators, eval_fn, c) -> list
 
 @torch.no_grad()
 def evaluate_accuracies(model, images: torch.Tensor, labels: torch.Tensor, transform: Callable | None = None,
-                        batch_size: int = 256, device="cpu", amp: bool = True, channels_last: bool = True) -> list[float]:
+                        batch_size: int = 256, device="cpu", amp: bool = True,
+                        channels_last: bool = True) -> list[float]:
     """Top-1 accuracy (%) of every model of a ModelStack (or of one network: a list of one) on shared test data."""
     from .train import evaluate_accuracy
 
