@@ -98,23 +98,24 @@ _COUNT_SUFFIXES = ("epochs", "steps", "batch_size", "_batch", "iterations", "eva
 
 
 def check_value(key: str, value: Any, card_value: Any) -> None:
-    """A `--set key=value` must have the card value's type (a number where the card has a number, ...), and a
-    count (epochs, steps, batch sizes) must be ≥ 1, a learning rate > 0. One line naming key, value, allowed."""
+    """A `--set key=value` must fit the card: true/false where the card has a flag, a whole number ≥ 1 for a count
+    (epochs, steps, batch sizes), a number > 0 for a learning rate, a number (or a word: some cards take one,
+    e.g. `cfg_channels: all`) where the card has a number. One line naming key, value and what is allowed."""
+    if value is None and card_value is None:  # null stays null ("no cap", "the default")
+        return
     name = key.rsplit(".", 1)[-1]
-    is_count = any(name.endswith(s) for s in _COUNT_SUFFIXES)
+    is_count = any(name.endswith(s) for s in _COUNT_SUFFIXES) and not isinstance(card_value, (str, list, dict))
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
     expected = None
     if isinstance(card_value, bool) and not isinstance(value, bool):
         expected = "true or false"
-    elif isinstance(card_value, (int, float)) and not isinstance(card_value, bool) \
-            and not (number and (isinstance(value, int) or not is_count)):
-        expected = "a whole number" if is_count else "a number"
-    elif isinstance(card_value, str) and not isinstance(value, str):
-        expected = "a text value"
-    if expected is None and number and is_count and (value < 1 or not isinstance(value, int)):
+    elif is_count and not (number and isinstance(value, int) and value >= 1):
         expected = "a whole number ≥ 1"
-    if expected is None and number and (name == "lr" or name.endswith("_lr")) and not value > 0:
+    elif (name == "lr" or name.endswith("_lr")) and not (number and value > 0):
         expected = "a number > 0"
+    elif isinstance(card_value, (int, float)) and not isinstance(card_value, bool) \
+            and not (number or isinstance(value, str)):
+        expected = "a number"
     if expected is not None:
         shown = "" if card_value is None else f" (the card has {card_value!r})"
         raise ConfigError(f"--set {key}={value!r}: expected {expected}{shown}")

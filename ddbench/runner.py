@@ -4,11 +4,11 @@ Every step is idempotent so a killed run resumes where it stopped:
 - a distilled set lives at `<out>/distilled/<method>/<dataset>/ipc<K>-seed<S>-<key>` (key = hash of the
   method's resolved config, card version, IPC and seed) and is reused when its manifest is there;
 - each (arch, eval seed) evaluation is written to the store as soon as it finishes, and skipped next time
-  when its record is there under the same config hash (`cell_config_hash`); `rerun=True` evaluates anew.
+  when its record is there under the same config hash (`cellhash.cell_config_hash`); `rerun=True`
+  evaluates anew.
 """
 from __future__ import annotations
 
-import os
 import platform
 import resource
 import time
@@ -19,8 +19,8 @@ import torch
 
 from . import ddp
 from .data import get_dataset, list_files, load_split
+from .cellhash import cell_config_hash, check_weights, used_weights
 from .distilled import MANIFEST, DistilledSet
-from .config import config_hash
 from .errors import ConfigError, DataError
 from .method import Context, default_cache_dir, load_method
 from .protocol import load_protocol
@@ -64,79 +64,6 @@ def hardware_info(device: torch.device) -> dict:
     if device.type == "cuda":
         info["cuda"] = torch.version.cuda
     return info
-
-
-# ---------------------------------------------------------------------------------------------------------
-# The config hash: what a stored record must share with a cell to answer it
-# ---------------------------------------------------------------------------------------------------------
-
-
-def dataset_identity(spec) -> dict:
-    """What of a dataset can move a number: its name, class order, resolutions, channels and normalisation
-    (not its root folder, which differs between machines holding the same data)."""
-    return {"name": spec.name, "classes": list(spec.classes), "resolution": spec.resolution,
-            "test_resolution": spec.test_resolution, "channels": spec.channels, "mean": list(spec.mean),
-            "std": list(spec.std)}
-
-
-def file_identity(path) -> dict:
-    """A user-supplied weights file or folder, by file name and size in bytes (cheap for a 2.7 GB DiT, and the
-    same on every machine that holds the same file)."""
-    p = Path(path).expanduser()
-    if p.is_dir():
-        size = sum(f.stat().st_size for f in sorted(p.rglob("*")) if f.is_file())
-    else:
-        size = p.stat().st_size if p.is_file() else None
-    return {"name": p.name, "bytes": size}
-
-
-WEIGHT_FLAGS = {"dit": "--dit / DDBENCH_DIT", "vae": "--vae / DDBENCH_VAE", "teacher": "--teacher / DDBENCH_TEACHER"}
-
-
-def used_weights(method_kind: str, method_cfg: dict, protocol, spec, options: dict) -> dict[str, str]:
-    """The user-supplied weights this cell reads, by kind: the DiT and VAE of a diffusion method on an ImageNet
-    subset, the teacher of a soft-label protocol or an inversion method. A path given but not read is left out."""
-    used = []
-    if method_kind == "diffusion" and spec.kind == "imagenet":
-        used += ["dit", "vae"]
-    if method_kind == "inversion" or protocol.card.get("family") == "soft":
-        used.append("teacher")
-    out = {}
-    for key in used:
-        path = options.get(key) or os.environ.get(f"DDBENCH_{key.upper()}") or method_cfg.get(key)
-        if key == "teacher":  # the card's own path wins where the method or protocol reads one
-            card = protocol.card.get("teacher")
-            path = method_cfg.get("teacher_path") or (card.get("path") if isinstance(card, dict) else None) or path
-        if path:
-            out[key] = str(path)
-    return out
-
-
-def weights_identity(method_kind: str, method_cfg: dict, protocol, spec, options: dict) -> dict:
-    return {k: file_identity(p) for k, p in used_weights(method_kind, method_cfg, protocol, spec, options).items()}
-
-
-def check_weights(paths: dict[str, str]) -> None:
-    """Every weights path a cell will read exists; a teacher file is read (weights-only) now, not after distilling."""
-    from .teacher import _state_dict
-
-    for key, path in paths.items():
-        if not Path(path).expanduser().exists():
-            raise DataError(f"{key} weights {path} do not exist; give an existing file with {WEIGHT_FLAGS[key]}")
-        if key == "teacher" and Path(path).is_file():
-            _state_dict(Path(path).expanduser())
-
-
-def cell_config_hash(info: dict, protocol, spec, options: dict) -> str:
-    """16 hex digits over everything besides the record key that can change a number: the method's card version
-    and resolved config (`info`: method_version, method_config, method_kind), the resolved protocol card (its
-    version included), the dataset identity, the weights read, and `info["set_sha256"]` for a set scored from a
-    folder. Two records of one key and different hashes are two cells."""
-    return config_hash({"method_version": str(info.get("method_version")), "method_config": info.get("method_config"),
-                        "protocol": protocol.card, "dataset": dataset_identity(spec),
-                        "weights": weights_identity(info.get("method_kind", ""), info.get("method_config") or {},
-                                                    protocol, spec, options),
-                        "set": info.get("set_sha256")}, n=16)
 
 
 def default_protocol(spec) -> str:

@@ -47,7 +47,7 @@ class _RequiredFields(TypedDict):
     protocol: str          # protocol card name, e.g. "idc"
     arch: str              # evaluation network, e.g. "resnetap10"
     eval_seed: int         # seed of the evaluation run (network init, augmentation, batches)
-    config_hash: str       # hash of everything else that can change the number (runner.cell_config_hash)
+    config_hash: str       # hash of everything else that can change the number (cellhash.cell_config_hash)
     acc_last: float        # test accuracy (%) after the last epoch: the honest number
     acc_best: float        # best test accuracy (%) over the evaluation points (paper-compatible)
 

@@ -32,21 +32,22 @@ def test_overrides_parse_types_and_reject_unknown_keys():
 
 
 @pytest.mark.parametrize("over, message", [
-    ({"epochs": "abc"}, "--set epochs='abc': expected a whole number (the card has 300)"),
+    ({"epochs": "abc"}, "--set epochs='abc': expected a whole number ≥ 1 (the card has 300)"),
     ({"epochs": 0}, "--set epochs=0: expected a whole number ≥ 1"),
-    ({"epochs": 2.5}, "--set epochs=2.5: expected a whole number (the card has 300)"),
+    ({"epochs": 2.5}, "--set epochs=2.5: expected a whole number ≥ 1 (the card has 300)"),
     ({"opt": {"lr": 0}}, "--set opt.lr=0: expected a number > 0"),
-    ({"opt": {"lr": "fast"}}, "--set opt.lr='fast': expected a number (the card has 0.01)"),
+    ({"opt": {"lr": "fast"}}, "--set opt.lr='fast': expected a number > 0 (the card has 0.01)"),
     ({"amp": 1}, "--set amp=1: expected true or false"),
-    ({"name": 3}, "--set name=3: expected a text value"),
-    ({"nosuch": {"key": 1}}, "Known keys: amp, epochs, name, opt."),
+    ({"scale": [1]}, "--set scale=[1]: expected a number (the card has 0.5)"),
+    ({"nosuch": {"key": 1}}, "Known keys: amp, epochs, name, opt, scale."),
 ])
 def test_override_values_are_checked_against_the_card(over, message):
-    card = {"epochs": 300, "opt": {"lr": 0.01}, "amp": True, "name": "dc"}
+    card = {"epochs": 300, "opt": {"lr": 0.01}, "amp": True, "name": "dc", "scale": 0.5}
     with pytest.raises(ConfigError) as e:
         apply_overrides(dict(card), over)
     assert message in str(e.value) and "\n" not in str(e.value)
-    assert apply_overrides(dict(card), {"epochs": 3, "opt": {"lr": 1}, "amp": False})["opt"]["lr"] == 1
+    ok = apply_overrides(dict(card), {"epochs": 3, "opt": {"lr": 1}, "amp": False, "scale": "all", "name": 3})
+    assert ok["opt"]["lr"] == 1 and ok["scale"] == "all"  # a word for a number: some cards take one
     with pytest.raises(ConfigError, match="has no settings to override"):
         apply_overrides({}, {"nosuch": {"key": 1}}, where="method random")
 

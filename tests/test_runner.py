@@ -112,7 +112,7 @@ BAD = [
     (["run", "--method", "random", "--dataset", "mnist", "--ipc", "1"], "DDBENCH_MNIST_ROOT"),
     # values checked after the overrides are applied: type, range, known keys
     (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--set", "protocol.epochs=abc"],
-     "--set protocol.epochs='abc': expected a whole number (the card has 300)"),
+     "--set protocol.epochs='abc': expected a whole number ≥ 1 (the card has 300)"),
     (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--set", "protocol.epochs=0"],
      "--set protocol.epochs=0: expected a whole number ≥ 1"),
     (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--set", "protocol.epochs=-3"],
@@ -122,7 +122,7 @@ BAD = [
     (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--set", "protocol.amp=maybe"],
      "--set protocol.amp='maybe': expected true or false"),
     (["run", "--method", "herding", "--dataset", "digits", "--ipc", "1", "--set", "feature_recipe.epochs=2.5"],
-     "--set feature_recipe.epochs=2.5: expected a whole number"),
+     "--set feature_recipe.epochs=2.5: expected a whole number ≥ 1"),
     (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--set", "nosuch.key=1"],
      "Protocol settings are set with --set protocol.KEY=VALUE; dc has: amp, arch, augment, batch_size"),
     (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--arch", "timm:resnet_nosuch"],

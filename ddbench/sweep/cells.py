@@ -162,7 +162,8 @@ def evaluate_cell(task: Task, log) -> dict:
     from ..data import load_split
     from ..distilled import DistilledSet
     from ..protocol import load_protocol
-    from ..runner import cell_config_hash, evaluate_cells, resolve_device
+    from ..cellhash import cell_config_hash
+    from ..runner import evaluate_cells, resolve_device
 
     cell, dist = task.cell, task.distilled
     spec, cache_dir = _spec_and_cache(cell, task.options)

@@ -219,10 +219,10 @@ def default_arch(protocol, dataset: str, kind: str) -> str | None:
 
 
 def cell_hash(info: dict, protocol, dataset: str, options: dict, cache: dict) -> str:
-    """runner.cell_config_hash of a cell, as its worker will compute it; "" when the dataset cannot be opened
+    """cellhash.cell_config_hash of a cell, as its worker will compute it; "" when the dataset cannot be opened
     here (its distillation then fails with the reason, and nothing in the store answers it)."""
     from ..data import get_dataset
-    from ..runner import cell_config_hash
+    from ..cellhash import cell_config_hash
 
     if ("spec", dataset) not in cache:
         try:

@@ -69,7 +69,7 @@ class EvalCell:
     protocol_overrides: dict
     resources: dict
     protocol_hash: str = ""   # config_hash of the resolved protocol card
-    config_hash: str = ""     # runner.cell_config_hash of the cell; "" when its dataset cannot be opened here
+    config_hash: str = ""     # cellhash.cell_config_hash of the cell; "" when its dataset cannot be opened here
 
     def key(self) -> dict:
         """The results-store key of this cell's record."""
