@@ -242,8 +242,31 @@ def _by_variant(records: Iterable[Mapping], defaults) -> dict[tuple[str, str], l
                                                               r.get("protocol_version")))
         mvar = config_diff(r.get("method_config"), defaults("method", r["method"], r["dataset"],
                                                             r.get("method_version")))
-        out.setdefault((pvar, mvar), []).append(r)
+        out.setdefault((pvar, with_label_keys(mvar, r)), []).append(r)
     return out
+
+
+@lru_cache(maxsize=None)
+def label_keys(method: str) -> tuple[str, ...]:
+    """Config keys a method card names in every column label (`label_keys:`, e.g. ACS's guidance scale g)."""
+    from .errors import DDBenchError
+    from .method import method_card
+
+    try:
+        return tuple(method_card(method).get("label_keys") or ())
+    except DDBenchError:  # an external set, or a card that no longer exists
+        return ()
+
+
+def with_label_keys(mvar: str, record: Mapping) -> str:
+    """`mvar` preceded by "key=value" for the card's `label_keys` that it does not already name."""
+    keys = label_keys(record["method"])
+    if not keys:
+        return mvar
+    cfg = dict(_flat(record.get("method_config") or {}))
+    named = {part.split("=", 1)[0] for part in mvar.split(", ") if part}
+    shown = [f"{k}={_show(cfg[k])}" for k in keys if k in cfg and k not in named]
+    return ", ".join(shown + ([mvar] if mvar else []))
 
 
 def _table(dataset, protocol, pversion, metric, field_name, group: pd.DataFrame, paper: Mapping,
