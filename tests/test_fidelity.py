@@ -223,3 +223,14 @@ def test_kcenter_starts_at_the_image_nearest_the_class_mean():
     assert selection.KCenter.defaults["first_centre"] == "mean"
     with pytest.raises(ConfigError, match="first_centre"):
         selection.first_centre(feats, "median", g)
+
+
+def test_herding_and_kcenter_select_in_a_convnet_trained_on_the_whole_training_set():
+    from ddbench.method import load_method, resolve_method_config
+
+    for name in ("herding", "kcenter"):
+        card, cfg = resolve_method_config(name, "fashion")
+        assert card["version"] >= 3 and cfg["feature_arch"] == "convnet3"
+        assert cfg["feature_recipe"]["subset"] is None  # v2: a 10k subset, 6 epochs (the generator judge's)
+        v2 = {"feature_recipe": {"epochs": 6, "batch_size": 128, "lr": 0.01, "subset": 10000}}
+        assert load_method(name, "fashion", v2).cfg["feature_recipe"]["subset"] == 10000  # still selectable
