@@ -20,7 +20,7 @@ ALPHA_BAR = torch.cumprod(1 - linear_betas(), 0).float()  # ᾱ of the 1000-step
 
 SPEC = DatasetSpec(name="toy", classes=("a", "b"), resolution=8, channels=1, mean=(0.5,), std=(0.5,),
                    kind="embedded", root=None, imagenet_index=None, test_resolution=8)
-FAST = {"sampling": {"steps": 3, "cfg_scale": 1.0, "cfg_channels": "all", "batch_size": 64},
+FAST = {"sampling": {"steps": 3, "cfg_scale": 1.0, "cfg_channels": 1, "batch_size": 64},
         "disc": {"arch": "convnet3", "arch_kw": {"width": 16}, "epochs": 3, "batch_size": 32}}  # ResNetAP-10: test_methods
 
 
