@@ -42,12 +42,12 @@ DASH = "–"
 @dataclass
 class Cell:
     mean: float
-    std: float
+    std: float | None              # None: a paper number printed without a spread
     n: int | None = None           # None: a reported (paper) number
 
     def text(self) -> str:
         if self.n is None:  # paper numbers with the digits the card gives (no invented precision)
-            return f"{_printed(self.mean)} ± {_printed(self.std)}"
+            return _printed(self.mean) if self.std is None else f"{_printed(self.mean)} ± {_printed(self.std)}"
         return f"{self.mean:.2f} ± {self.std:.2f} ({self.n})"
 
 
@@ -242,8 +242,31 @@ def _by_variant(records: Iterable[Mapping], defaults) -> dict[tuple[str, str], l
                                                               r.get("protocol_version")))
         mvar = config_diff(r.get("method_config"), defaults("method", r["method"], r["dataset"],
                                                             r.get("method_version")))
-        out.setdefault((pvar, mvar), []).append(r)
+        out.setdefault((pvar, with_label_keys(mvar, r)), []).append(r)
     return out
+
+
+@lru_cache(maxsize=None)
+def label_keys(method: str) -> tuple[str, ...]:
+    """Config keys a method card names in every column label (`label_keys:`, e.g. ACS's guidance scale g)."""
+    from .errors import DDBenchError
+    from .method import method_card
+
+    try:
+        return tuple(method_card(method).get("label_keys") or ())
+    except DDBenchError:  # an external set, or a card that no longer exists
+        return ()
+
+
+def with_label_keys(mvar: str, record: Mapping) -> str:
+    """`mvar` preceded by "key=value" for the card's `label_keys` that it does not already name."""
+    keys = label_keys(record["method"])
+    if not keys:
+        return mvar
+    cfg = dict(_flat(record.get("method_config") or {}))
+    named = {part.split("=", 1)[0] for part in mvar.split(", ") if part}
+    shown = [f"{k}={_show(cfg[k])}" for k in keys if k in cfg and k not in named]
+    return ", ".join(shown + ([mvar] if mvar else []))
 
 
 def _table(dataset, protocol, pversion, metric, field_name, group: pd.DataFrame, paper: Mapping,
@@ -255,7 +278,7 @@ def _table(dataset, protocol, pversion, metric, field_name, group: pd.DataFrame,
                                     int(rec.n))
     for method, entry in paper.items():
         for (ipc, arch), (mean, std) in entry["cells"].items():
-            rows.setdefault((int(ipc), arch), Row(int(ipc), arch)).reported[method] = Cell(float(mean), float(std))
+            rows.setdefault((int(ipc), arch), Row(int(ipc), arch)).reported[method] = Cell(float(mean), None if std is None else float(std))
     versions = {lb: None if pd.isna(v) else v for lb, v in zip(group["label"], group["method_version"])}
     methods = {label: m for label, m in zip(group["label"], group["method"])}
     # measured columns in method order; a method's reported column follows its (last) measured column
@@ -290,7 +313,8 @@ def load_reported(pairs: Iterable[tuple[str, str]]) -> dict:
                     if not (isinstance(value, (list, tuple)) and len(value) == 2):
                         raise ConfigError(f"method card {name}: reported.{dataset}.{protocol}.{ipc}.{arch} = "
                                           f"{value!r}; expected [mean, std]")
-                    cells[(int(ipc), str(arch))] = (float(value[0]), float(value[1]))
+                    # a paper that prints no spread has std null
+                    cells[(int(ipc), str(arch))] = (float(value[0]), None if value[1] is None else float(value[1]))
             if cells:
                 out.setdefault((dataset, protocol), {})[name] = {
                     "source": card_reported[dataset].get("source", ""), "cells": cells}

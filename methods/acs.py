@@ -14,8 +14,10 @@ fine-tuned `minimax` one) in curricula S_0, S_1, … (Algorithm 1):
 Curricula (paper §III-A): 5, 5, 10, 30, 50 per class for IPC 100; IPC 10 / 20 / 50 are the first 2 / 3 / 4.
 Other IPCs: `curriculum_sizes` (the schedule's prefix with the last curriculum cut; beyond its sum, further
 curricula of the last size), so a smaller IPC's set is the first images of a larger one's for the same seed.
-Sampler: DDIM with 50 steps as the paper (Eq. 1–2); DDPM selectable. Choices the paper leaves open
-(discriminator recipe, per-sample norms, g) are documented in docs/acs.md.
+Sampler: the base's (DDPM, 50 respaced steps, for DiT and Minimax). Eq. 2 is DDIM's general step with σ_t left
+open; DDPM is that step with σ_t² = the posterior variance, and it is what the DiT / Minimax baselines that
+ACS is compared with (and that g = 0 must reproduce, paper Fig. 5 and Table III) were sampled with. DDIM (η = 0)
+is selectable. Choices the paper leaves open (discriminator recipe, per-sample norms, g) are in docs/acs.md.
 """
 from __future__ import annotations
 
@@ -218,7 +220,7 @@ class ACS(Method):
         base = base_method(self.cfg["base"], ctx.spec.name, over)
         if base.cfg.get("sampler") not in SAMPLERS:
             raise ConfigError(f"acs sampling.sampler={base.cfg.get('sampler')!r}; expected one of "
-                              f"{', '.join(SAMPLERS)} (the paper samples with DDIM)")
+                              f"{', '.join(SAMPLERS)} (null: the base's, DDPM)")
         return base
 
     def distill_key(self, ipc: int, seed: int) -> str:

@@ -62,8 +62,10 @@ def curriculum_ends(ipc: int, explicit: list[int] | None = None, base: int = 5) 
 class LazyPredictor:
     """argmax predictions of a net on train images, computed on demand for given indices and cached."""
 
-    def __init__(self, net: nn.Module, images: torch.Tensor, spec, device, size: int, batch_size: int = 512):
+    def __init__(self, net: nn.Module, images: torch.Tensor, spec, device, size: int, batch_size: int = 512,
+                 how: str = "crop"):
         self.net, self.images, self.spec, self.device, self.size = net, images, spec, device, size
+        self.how = how
         self.batch_size = batch_size
         self.pred = torch.full((len(images),), -1, dtype=torch.long)
 
@@ -72,15 +74,36 @@ class LazyPredictor:
         todo = idx[self.pred[idx] < 0]
         for s in range(0, len(todo), self.batch_size):
             part = todo[s:s + self.batch_size]
-            x = _prepare(self.images[part], self.spec, self.size, self.device)
+            x = _prepare(self.images[part], self.spec, self.size, self.device, self.how)
             self.pred[part] = self.net(x).argmax(1).cpu()
         return self.pred[idx]
 
 
-def _prepare(images_u8: torch.Tensor, spec, size: int, device) -> torch.Tensor:
-    from ddbench.protocols.hard import to_resolution  # Resize + CenterCrop, as CUDD's loader
+FRAMES = ("crop", "resize")
 
-    return normalise(to_resolution(images_u8, size, device), spec, device)
+
+def frame(images_u8: torch.Tensor, size: int, device, how: str = "crop", chunk: int = 256) -> torch.Tensor:
+    """Real images (uint8 N×C×H×W, stored as the Resize(R) + CenterCrop(R) square) -> uint8 at size×size.
+
+    "crop": the view of CUDD's loader (`distill/initialize.py`: Resize(256) + CenterCrop(224)), i.e. Resize to
+    ⌊size·8/7⌋ then CenterCrop(size); from the stored 256 square of an ImageNet image that is its centre 224
+    crop. "resize": Resize(size) + CenterCrop(size) of the stored square (card v1: the whole square, shrunk).
+    Images already at size×size (the embedded data) are used as stored."""
+    from ddbench.augment import center_crop, resize_shorter, to_float
+    from ddbench.augment import to_uint8 as quantise
+
+    if how not in FRAMES:
+        raise ConfigError(f"cudd init_frame={how!r}; expected one of {', '.join(FRAMES)}")
+    if images_u8.shape[-2:] == (size, size):
+        return images_u8.to(device)
+    outer = size * 8 // 7 if how == "crop" else size
+    parts = [quantise(center_crop(resize_shorter(to_float(images_u8[i:i + chunk].to(device)), outer), size))
+             for i in range(0, len(images_u8), chunk)]
+    return torch.cat(parts)
+
+
+def _prepare(images_u8: torch.Tensor, spec, size: int, device, how: str = "crop") -> torch.Tensor:
+    return normalise(frame(images_u8, size, device, how), spec, device)
 
 
 def _class_choice(order: torch.Tensor, need: int, y: int, teacher, student, chunk: int) -> tuple[list, dict]:
@@ -146,7 +169,7 @@ class CUDD(SRe2L):
         "student_arch": None,  # None: the teacher's arch (CUDD: ResNet-18 for both)
         "student_epochs": 150, "student_batch": 128, "student_lr": 1e-3, "student_lr_continue": 5e-4,
         "student_weight_decay": 0.01, "student_temperature": 20.0, "student_min_crop": 0.08,
-        "init_chunk": 256,
+        "init_chunk": 256, "init_frame": "crop",
     }
 
     def student_plan(self, n: int, lr: float, size: int) -> dict:
@@ -182,17 +205,18 @@ class CUDD(SRe2L):
         size = self.image_size(ctx)
         ends = curriculum_ends(ipc, self.cfg.get("curricula"))
         used = torch.zeros(len(train.labels), dtype=torch.bool)
-        t_pred = LazyPredictor(teacher, train.images, spec, device, size)
+        how = self.cfg["init_frame"]
+        t_pred = LazyPredictor(teacher, train.images, spec, device, size, how=how)
         parts, labels, sources, log = [], [], [], []
         student = adversary = None
         for j, (start, end) in enumerate(zip([0] + ends[:-1], ends)):
-            s_pred = LazyPredictor(adversary, train.images, spec, device, size) if adversary is not None else None
+            s_pred = LazyPredictor(adversary, train.images, spec, device, size, how=how) if adversary is not None else None
             idx, tiers = select_initial(train.labels, k, end - start, used, t_pred, s_pred, gen,
                                         int(self.cfg["init_chunk"]))
             idx = idx.T.flatten()  # (IPC index, class) order: a batch holds one image per class
             used[idx] = True
             y = train.labels[idx]
-            init = _prepare(train.images[idx], spec, size, device)
+            init = _prepare(train.images[idx], spec, size, device, how)
             out = torch.empty(len(idx), spec.channels, size, size, dtype=torch.uint8)
             batches = class_batches(end - start, k, int(self.cfg["batch_size"]))
             for sl in ctx.track(batches, f"cudd curriculum {j + 1}"):

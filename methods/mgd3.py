@@ -26,7 +26,9 @@ import math
 import os
 import time
 
+import numpy as np
 import torch
+from PIL import Image
 
 from ddbench.diffusion.hooks import GuidanceHook, StepState
 from ddbench.distilled import DistilledSet
@@ -38,6 +40,7 @@ REFERENCE_STEPS = 50  # t_stop is given on the paper's 50-step scale and rescale
 INJECT = ("mean", "eps")
 MODES = ("centroid", "closest")
 SAMPLERS = ("ddpm", "ddim")
+CROPS = ("adm", "resize")
 
 
 # ---------------------------------------------------------------------- mode discovery
@@ -139,7 +142,7 @@ class MGD3(Method):
     defaults = {"base": "dit", "sampling": {k: None for k in ("dit", "vae", "generator", "steps", "sampler",
                                                                "cfg_scale", "cfg_channels", "batch_size", "autocast")},
                 "scale": 0.1, "t_stop": 25, "inject": "mean", "modes": "centroid", "kmeans_seed": 0,
-                "discovery_flip": False, "encode_batch": 64}
+                "discovery_flip": True, "discovery_crop": "adm", "encode_batch": 64}
 
     def _base(self, ctx: Context) -> Method:
         base = base_method(self.cfg["base"], ctx.spec.name, self.cfg["sampling"])
@@ -194,7 +197,7 @@ class MGD3(Method):
         memo = self.__dict__.setdefault("_dirs", {})  # the pool fingerprint hashes every pixel: once per run
         if (ctx.spec.name, enc) not in memo:
             key = {"encoder": enc, "latent_shape": list(gen.latent_shape), "flip": self.cfg["discovery_flip"],
-                   "seed": self.cfg["kmeans_seed"], "data": _pool_fingerprint(ctx)}
+                   "crop": self.cfg["discovery_crop"], "seed": self.cfg["kmeans_seed"], "data": _pool_fingerprint(ctx)}
             memo[ctx.spec.name, enc] = ctx.cache_path("mgd3-modes", key)
         return memo[ctx.spec.name, enc]
 
@@ -203,8 +206,11 @@ class MGD3(Method):
         file = self._discovery_dir(ctx, gen) / f"latents-class{c:04d}.pt"
         if file.exists():
             return load_tensors(file, "cached MGD3 latents or modes", fix="it is a cache file: delete it and run again")
-        images = class_images(ctx, c, _encoder_side(gen))
-        if self.cfg["discovery_flip"]:  # the reference's loader flips at random; here from a seeded generator
+        if self.cfg["discovery_crop"] not in CROPS:
+            raise ConfigError(f"mgd3 discovery_crop={self.cfg['discovery_crop']!r}; expected one of {', '.join(CROPS)}")
+        images = class_images(ctx, c, _encoder_side(gen), self.cfg["discovery_crop"])
+        # the reference's loader (tsne_plots.py get_loader) flips at random after the crop; here seeded per class
+        if self.cfg["discovery_flip"]:
             flip = torch.rand(len(images), generator=torch.Generator().manual_seed(self.cfg["kmeans_seed"] + c)) < 0.5
             images[flip] = images[flip].flip(-1)
         bs = int(self.cfg["encode_batch"])
@@ -230,18 +236,48 @@ def _encoder_side(gen) -> int:
     return side * 8 if gen.vae is not None else side
 
 
-def class_images(ctx: Context, c: int, side: int) -> torch.Tensor:
-    """uint8 training images of class c at `side` px. ImageNet subsets decode only that class's files (the whole
-    ImageNet-1K pool is never held in memory); other data come from ctx.train()."""
+def adm_center_crop(img: Image.Image, side: int) -> Image.Image:
+    """ADM's `center_crop_arr` (guided-diffusion image_datasets.py, copied into MGD³'s tsne_plots.py): halve with a
+    box filter while the shorter side is ≥ 2·side, bicubic-resize the shorter side to `side` (both sides
+    rounded), then crop at the floor-halved offsets."""
+    while min(img.size) >= 2 * side:
+        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.BOX)
+    scale = side / min(img.size)
+    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.BICUBIC)
+    left, top = (img.size[0] - side) // 2, (img.size[1] - side) // 2
+    return img.crop((left, top, left + side, top + side))
+
+
+def adm_frame(images: torch.Tensor, side: int) -> torch.Tensor:
+    """`adm_center_crop` of uint8 N×C×H×W tensors (images already decoded, e.g. the embedded data)."""
+    mode = "RGB" if images.shape[1] == 3 else "L"
+    out = []
+    for x in images:
+        arr = x.permute(1, 2, 0).numpy() if mode == "RGB" else x[0].numpy()
+        arr = np.asarray(adm_center_crop(Image.fromarray(arr, mode), side), dtype=np.uint8)
+        out.append(torch.from_numpy(arr.reshape(side, side, -1).copy()).permute(2, 0, 1))
+    return torch.stack(out) if out else images.new_zeros((0, images.shape[1], side, side))
+
+
+def class_images(ctx: Context, c: int, side: int, crop: str = "adm") -> torch.Tensor:
+    """uint8 training images of class c at `side` px, framed by `crop` ("adm": the reference's center_crop_arr
+    of the original file; "resize": ddbench's resize + centre crop). ImageNet subsets decode only that class's
+    files (the whole ImageNet-1K pool is never held in memory); other data come from ctx.train()."""
+    from pathlib import Path
+
     from ddbench.data import decode_ids, list_files
-    from ddbench.data.images import resize_tensor
+    from ddbench.data.images import decode_files, resize_tensor
 
     if ctx.spec.kind == "imagenet":
         ids, labels = list_files(ctx.spec, "train")
-        # resize + centre crop of the data module, not ADM's box-halving centre crop (tiny resampling difference)
-        return decode_ids(ctx.spec, "train", [i for i, y in zip(ids, labels.tolist()) if y == c], side)
+        mine = [i for i, y in zip(ids, labels.tolist()) if y == c]
+        if crop == "resize":
+            return decode_ids(ctx.spec, "train", mine, side)
+        return decode_files([Path(ctx.spec.root) / i for i in mine], side, ctx.spec.channels, crop=adm_center_crop,
+                            description=f"decoding class {c}")
     train = ctx.train()
-    return resize_tensor(train.images[train.labels == c], side)
+    images = train.images[train.labels == c]
+    return resize_tensor(images, side) if crop == "resize" else adm_frame(images, side)
 
 
 def _pool_fingerprint(ctx: Context) -> str:

@@ -5,7 +5,8 @@
   (protocol-facts §2.1) — deterministic, kept under its own name so the two are never confused.
 - `herding` / `kcenter`: greedy per class in the feature space of a network trained on the real training
   set (dc-protocol "coreset baselines"; IDC's herding uses ResNetAP-10 on ImageNet subsets, §4.6). The
-  network is trained once per (dataset, arch, recipe) and cached.
+  network is trained once per (dataset, arch, recipe) and cached. k-center's first centre is the image
+  nearest the class mean (`first_centre: mean`, = herding's first pick), or a seeded random one (`random`).
 """
 from __future__ import annotations
 
@@ -115,7 +116,23 @@ class Herding(_FeatureSelection):
         return torch.tensor(herding_order(self._feats[idx], ipc))
 
 
+FIRST_CENTRES = ("mean", "random")
+
+
+def first_centre(feats: torch.Tensor, rule: str, gen: torch.Generator) -> int:
+    """The first k-center centre of one class (feats: n×d). "mean": the image nearest the class mean, i.e.
+    herding's first pick (DC's Table 1 has k-center = herding at IPC 1 on every dataset); "random": a seeded
+    uniform draw (DeepCore's `k_center_greedy` with nothing selected yet)."""
+    if rule == "mean":
+        return int((feats - feats.mean(0)).norm(dim=1).argmin())
+    if rule == "random":
+        return int(torch.randint(len(feats), (1,), generator=gen))
+    raise ConfigError(f"kcenter first_centre={rule!r}; expected one of {', '.join(FIRST_CENTRES)}")
+
+
 class KCenter(_FeatureSelection):
+    defaults = {**_FeatureSelection.defaults, "first_centre": "mean"}
+
     def select(self, ctx, idx, ipc, gen):
-        first = int(torch.randint(len(idx), (1,), generator=gen))  # DeepCore starts from one random point
-        return torch.tensor(kcenter_order(self._feats[idx], ipc, first))
+        feats = self._feats[idx]
+        return torch.tensor(kcenter_order(feats, ipc, first_centre(feats, self.cfg["first_centre"], gen)))

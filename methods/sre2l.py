@@ -132,7 +132,7 @@ def recover(teacher: nn.Module, x0: torch.Tensor, targets: torch.Tensor, cfg: di
     """
     x = x0.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=cfg["lr"], betas=tuple(cfg["betas"]), eps=1e-8,
-                           weight_decay=cfg.get("weight_decay", 0.0))
+                           weight_decay=cfg["weight_decay"])
     iterations = int(cfg["iterations"])
     with BNStatsLoss(teacher, cfg["first_bn_multiplier"]) as bn:
         for it in range(iterations):
@@ -192,7 +192,8 @@ class SRe2L(Method):
         "teacher_recipe": None,  # None: ddbench.teacher's default recipe for the dataset kind
         "teacher_path": None,  # torchvision-format weights to load instead of training (e.g. ImageNet-1K)
         "image_size": None,  # None: the dataset's stored resolution
-        "iterations": 1000, "batch_size": 100, "lr": 0.25,  # batch_size: classes per batch (one image each) "betas": [0.5, 0.9], "weight_decay": 0.0,
+        "iterations": 1000, "lr": 0.25, "betas": [0.5, 0.9], "weight_decay": 0.0,  # recover.sh: Adam, no weight decay
+        "batch_size": 100,  # classes per batch (one image each)
         "r_bn": 0.01, "first_bn_multiplier": 10.0, "jitter": 32, "min_crop": 0.08,
     }
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ddbench.data.spec import DatasetSpec
-from ddbench.diffusion import ddim_sample
+from ddbench.diffusion import Schedule, ddim_sample
 from ddbench.diffusion.generator import Generator
 from ddbench.diffusion.schedule import linear_betas
 from ddbench.errors import ConfigError
@@ -20,7 +20,7 @@ ALPHA_BAR = torch.cumprod(1 - linear_betas(), 0).float()  # ᾱ of the 1000-step
 
 SPEC = DatasetSpec(name="toy", classes=("a", "b"), resolution=8, channels=1, mean=(0.5,), std=(0.5,),
                    kind="embedded", root=None, imagenet_index=None, test_resolution=8)
-FAST = {"sampling": {"steps": 3, "cfg_scale": 1.0, "cfg_channels": "all", "batch_size": 64},
+FAST = {"sampling": {"steps": 3, "cfg_scale": 1.0, "cfg_channels": 1, "batch_size": 64},
         "disc": {"arch": "convnet3", "arch_kw": {"width": 16}, "epochs": 3, "batch_size": 32}}  # ResNetAP-10: test_methods
 
 
@@ -124,7 +124,8 @@ def test_guidance_raises_the_discriminator_loss_from_the_same_noise():
     noise = torch.randn(12, 1, 8, 8, generator=torch.Generator().manual_seed(5))
 
     def sample(hooks=()):
-        return ddim_sample(model, (12, 1, 8, 8), y, steps=5, cfg_scale=1.0, noise=noise, hooks=hooks,
+        # the evenly spread "5" spacing (999 … 0): the trajectory starts from pure noise
+        return ddim_sample(model, (12, 1, 8, 8), y, schedule=Schedule.respaced("5"), cfg_scale=1.0, noise=noise, hooks=hooks,
                            generator=torch.Generator().manual_seed(0))
 
     plain = sample()
@@ -196,11 +197,16 @@ def test_smaller_ipc_is_a_prefix_of_a_larger_one(toy):
     assert run(10, seed=1).sha256() != ten.sha256()
 
 
-def test_ddpm_is_selectable_and_bad_samplers_are_refused(toy):
+def test_sampler_is_the_bases_ddpm_and_ddim_is_selectable(toy):
+    from ddbench.method import resolve_method_config
+
     _, run = toy
-    ddpm = run(6, sampling={**FAST["sampling"], "sampler": "ddpm"})
-    assert ddpm.provenance["base"]["config"]["sampler"] == "ddpm"
-    assert not torch.equal(ddpm.images, run(6).images)
+    assert resolve_method_config("acs", "digits")[1]["sampling"]["sampler"] is None  # null = the base card's
+    default = run(6)
+    assert default.provenance["base"]["config"]["sampler"] == "ddpm" == resolve_method_config("dit", "digits")[1]["sampler"]
+    ddim = run(6, sampling={**FAST["sampling"], "sampler": "ddim"})
+    assert ddim.provenance["base"]["config"]["sampler"] == "ddim"
+    assert not torch.equal(ddim.images, default.images)
     with pytest.raises(ConfigError, match="sampler"):
         run(6, sampling={**FAST["sampling"], "sampler": "euler"})
 

@@ -57,7 +57,7 @@ EXPECTED_MD = """\
 Metric: acc_last = test accuracy (%) after the last training epoch: the honest number.  
 Cells: mean ± std (n) over distillation seeds × evaluation seeds; bold = best measured in the row.  
 Δ vs random: the best non-random method's mean minus random's, same protocol, network and IPC.  
-Method cards: random v1, herding v2, kcenter v2.
+Method cards: random v1, herding v3, kcenter v3.
 
 | IPC | arch | random | herding | kcenter | Δ vs random |
 |---:|---|---|---|---|---|
@@ -135,7 +135,7 @@ def test_numbers_made_with_overrides_are_never_shown_as_the_cards(store_dir):
 def test_two_card_versions_get_two_columns(store_dir):
     recs = stored(store_dir, protocol_version="1") + [record("herding", 1, "convnet3", 0, 35.0, mversion="1")]
     (table,) = lb.build_tables(recs)
-    assert [c for c, _ in table.columns] == ["random", "herding v1", "herding v2", "kcenter"]
+    assert [c for c, _ in table.columns] == ["random", "herding v1", "herding v3", "kcenter"]
     assert table.rows[0].gain("random") == (14.0, "herding v1")
 
 
@@ -160,7 +160,7 @@ def test_html_bolds_and_escapes(store_dir):
 def test_csv_is_long_form_with_gain(store_dir):
     rows = lb.render_csv(lb.build_tables(stored(store_dir, protocol_version="1"))).splitlines()
     assert rows[0].startswith("dataset,protocol,protocol_version,metric,ipc,arch,method")
-    assert "digits,dc,1,acc_last,10,convnet3,kcenter,2,measured,85.5,0.0,1,3.5,True" in rows
+    assert "digits,dc,1,acc_last,10,convnet3,kcenter,3,measured,85.5,0.0,1,3.5,True" in rows
     assert len(rows) == 1 + 6
 
 

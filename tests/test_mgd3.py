@@ -140,7 +140,7 @@ def toy(monkeypatch, tmp_path):
     return Context(spec, torch.device("cpu"), tmp_path, lambda: split), gen
 
 
-SAMPLING = {"sampling": {"steps": 10, "cfg_scale": 1.0, "cfg_channels": "all", "batch_size": 4}}
+SAMPLING = {"sampling": {"steps": 10, "cfg_scale": 1.0, "cfg_channels": 1, "batch_size": 4}}
 
 
 def _load(name, over=None):

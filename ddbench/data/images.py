@@ -44,12 +44,13 @@ def resize_center_crop(img: Image.Image, resolution: int) -> Image.Image:
     return img.crop((left, top, left + resolution, top + resolution))
 
 
-def decode_file(path: Path, resolution: int, channels: int) -> torch.Tensor:
-    """uint8 C×R×R tensor of one image file; any unreadable file is a DataError naming it."""
+def decode_file(path: Path, resolution: int, channels: int, crop=None) -> torch.Tensor:
+    """uint8 C×R×R tensor of one image file; any unreadable file is a DataError naming it.
+    crop(img, R) frames the PIL image (default: `resize_center_crop`)."""
     mode = "RGB" if channels == 3 else "L"
     try:
         with Image.open(path) as img:
-            img = resize_center_crop(img.convert(mode), resolution)
+            img = (crop or resize_center_crop)(img.convert(mode), resolution)
             arr = np.asarray(img, dtype=np.uint8)
     except FileNotFoundError:
         raise DataError(f"image file {path} does not exist; the folder changed since it was listed, run again") \
@@ -67,12 +68,13 @@ def decode_file(path: Path, resolution: int, channels: int) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def decode_files(paths: list[Path], resolution: int, channels: int, *, description: str = "decoding") -> torch.Tensor:
+def decode_files(paths: list[Path], resolution: int, channels: int, *, description: str = "decoding",
+                 crop=None) -> torch.Tensor:
     """uint8 N×C×R×R tensor of `paths` in order, decoded on a thread pool, with a progress bar for big lists."""
     out = torch.empty(len(paths), channels, resolution, resolution, dtype=torch.uint8)
 
     def work(i: int) -> None:
-        out[i] = decode_file(paths[i], resolution, channels)
+        out[i] = decode_file(paths[i], resolution, channels, crop)
 
     threads = max(1, min(MAX_DECODE_THREADS, os.cpu_count() or 1, len(paths)))
     # Chunks keep the number of pending futures small (ImageNet-1K train has 1.28M files).

@@ -166,8 +166,10 @@ def ddim_sample(model_fn, shape, y, *, steps: int | str = 50, cfg_scale: float =
                 generator: torch.Generator, hooks=(), device=None, dtype=torch.float32, null_label=None,
                 noise: torch.Tensor | None = None, autocast: bool = False, schedule: Schedule | None = None,
                 eta: float = 0.0):
-    """DDIM on the same respaced schedule: x_{t−1} = sqrt(ᾱ')·x̂₀ + sqrt(1−ᾱ'−σ²)·ε + σ·z with
+    """DDIM on the "ddimN" respaced schedule (0, T/N, 2T/N, …): x_{t−1} = sqrt(ᾱ')·x̂₀ + sqrt(1−ᾱ'−σ²)·ε + σ·z with
     σ = η·sqrt((1−ᾱ')/(1−ᾱ))·sqrt(1−ᾱ/ᾱ'). η = 0 is deterministic given the initial noise."""
+    # an integer step count is respaced as "ddimN" (the even integer stride of the DDIM reference scripts)
+    steps = f"ddim{steps}" if str(steps).isdigit() else steps
     sched, guided, x, y, device = _setup(model_fn, shape, y, generator, device, dtype, noise, steps, schedule,
                                          cfg_scale, cfg_channels, null_label, autocast)
     hooks = _hook_list(hooks)

@@ -40,8 +40,12 @@ def space_timesteps(num_timesteps: int, section_counts: str | int | list[int]) -
         if not 1 <= count <= size:
             raise ConfigError(f"cannot divide a section of {size} diffusion steps into {count} sampling steps")
         stride = 1 if count <= 1 else (size - 1) / (count - 1)
-        # Python's round (half to even) as the reference: it decides e.g. 41 vs 40 for 50 steps
-        steps += [start + round(j * stride) for j in range(count)]
+        # the stride is accumulated in floating point and rounded half to even, as the reference does
+        # (respace.py: cur_idx += frac_stride); j·stride can round differently where a sum lands on .5
+        position = 0.0
+        for _ in range(count):
+            steps.append(start + round(position))
+            position += stride
         start += size
     return sorted(set(steps))
 
