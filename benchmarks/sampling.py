@@ -4,6 +4,9 @@ faithful re-creation of the reference loop (facebookresearch/DiT `p_sample_loop`
 
     python benchmarks/sampling.py --model XL/2 --input-size 32 --batch 64 --steps 50 --device cuda --bf16
     python benchmarks/sampling.py            # tiny CPU configuration (seconds)
+    python benchmarks/sampling.py --igd      # + IGD's guided sampling cost per image relative to plain DiT
+    python benchmarks/sampling.py --igd --igd-only --model XL/2 --depth 0 --input-size 32 --batch 1 --steps 50 \
+        --device cuda --igd-vae              # DiT-XL/2 + an sd-vae-ft-mse-shaped decoder + ConvNet-6 at 256 px
 
 Prints one JSON line: images/s for both loops, the speed-up, model GFLOPs per image, achieved TFLOP/s and
 utilisation against the peak (`--peak-tflops`, or known for H100 / H200). Random weights: speed does not
@@ -148,7 +151,15 @@ def main(argv=None) -> dict:
     p.add_argument("--reference-images", type=int, default=2, help="images timed with the reference loop")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--peak-tflops", type=float, default=None, help="device peak for the utilisation")
+    p.add_argument("--igd", action="store_true", help="also print IGD's sampling cost relative to plain DiT")
+    p.add_argument("--igd-only", action="store_true", help="only the IGD line (skips the reference loop)")
+    p.add_argument("--igd-vae", action="store_true", help="IGD through a random sd-vae-ft-mse-shaped decoder")
+    p.add_argument("--igd-checkpoints", type=int, default=4, help="surrogate checkpoints (the reference uses 4)")
     args = p.parse_args(argv)
+    if args.igd or args.igd_only:
+        print(json.dumps(igd_cost(args)))
+        if args.igd_only:
+            return {}
     device = torch.device(args.device)
     cfg = dit_config(args.model, input_size=args.input_size, num_classes=1000)
     if args.depth:
@@ -184,6 +195,58 @@ def main(argv=None) -> dict:
                   utilisation=None if peak is None else round(ips * flops / 1e12 / peak, 4), peak_tflops=peak)
     print(json.dumps(result))
     return result
+
+
+# ---------------------------------------------------------------------------------------------------------
+# IGD: guided sampling cost per image relative to plain DiT sampling (same model, batch, steps)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def igd_cost(args) -> dict:
+    """Seconds per image of plain DDPM sampling and of IGD's (influence + deviation guidance on the reference's
+    steps 30–45 of 50, rescaled), with random weights: a ConvNet surrogate (ConvNet-6 at 256 px with --igd-vae,
+    else ConvNet-3 on the latent itself), `--igd-checkpoints` parameter sets and a memory of 64 latents."""
+    from ddbench.methods.igd import InfluenceGuidance, guided_range
+    from ddbench.nets import build_net
+
+    device = torch.device(args.device)
+    cfg = dit_config(args.model, input_size=args.input_size, num_classes=1000)
+    if args.depth:
+        cfg["depth"] = args.depth
+    torch.manual_seed(0)
+    model = DiT(**cfg).to(device).eval()
+    shape = (model.in_channels, args.input_size, args.input_size)
+    labels = torch.arange(args.batch) % 10
+    if args.igd_vae:
+        from diffusers.models import AutoencoderKL
+
+        vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+                            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
+                            sample_size=args.input_size * 8).to(device).eval()
+        decode = lambda z: vae.decode(z / 0.18215).sample  # noqa: E731
+        net = build_net("convnet6", 10, 3, args.input_size * 8)
+    else:
+        decode = lambda z: z  # noqa: E731
+        net = build_net("convnet3", 10, shape[0], args.input_size)
+    net = net.to(device).eval()
+    params = [{k: v.detach() + 0.01 * j for k, v in net.named_parameters()} for j in range(args.igd_checkpoints)]
+    n_params = sum(v.numel() for v in params[0].values())
+    real = torch.randn(args.batch, args.igd_checkpoints, n_params, device=device)
+    memory = torch.randn(64, *shape, device=device)
+    low, high = guided_range(30, 45, args.steps)
+
+    def run(guided: bool):
+        hooks = [InfluenceGuidance(net, params, real, labels.to(device), memory, decode, lambda x: x, k=5.0,
+                                   gamma=120.0, low=low, high=high)] if guided else []
+        ddpm_sample(model, (args.batch, *shape), labels, steps=args.steps, cfg_scale=args.cfg_scale,
+                    generator=torch.Generator().manual_seed(0), device=device, hooks=hooks)
+
+    t_plain, t_igd = _timed(lambda: run(False), device, args.repeats), _timed(lambda: run(True), device, args.repeats)
+    return dict(benchmark="igd_sampling_cost", device=torch.cuda.get_device_name(device) if device.type == "cuda"
+                else "cpu", model=args.model, config=cfg, batch=args.batch, steps=args.steps, guided_steps=high - low + 1,
+                checkpoints=args.igd_checkpoints, vae=args.igd_vae, surrogate_params=n_params,
+                plain_s_per_image=round(t_plain / args.batch, 4), igd_s_per_image=round(t_igd / args.batch, 4),
+                cost_ratio=round(t_igd / t_plain, 2))
 
 
 if __name__ == "__main__":

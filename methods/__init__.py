@@ -16,4 +16,6 @@ METHODS = {
     "mgd3": "ddbench.methods.mgd3:MGD3",
     "acs": "ddbench.methods.acs:ACS",
     "acs-minimax": "ddbench.methods.acs:ACS",
+    "igd": "ddbench.methods.igd:IGD",
+    "igd-minimax": "ddbench.methods.igd:IGD",
 }
