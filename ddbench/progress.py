@@ -18,14 +18,28 @@ class PhaseLines:
 
     def __init__(self, console: Console):
         self.console = console
+        self._tasks: dict[int, list] = {}  # task id -> [description, total, done, start]
 
     def track(self, sequence, description: str = "working", total: int | None = None, **_):
         start, done = time.perf_counter(), 0
         for item in sequence:
             yield item
             done += 1
-        total = total if total is not None else done
-        self.console.print(f"{description}: {done}/{total} in {time.perf_counter() - start:.1f}s", highlight=False)
+        self._line(description, done, total if total is not None else done, start)
+
+    # the task interface of rich's Progress, for loops that advance by hand (add_task, advance)
+    def add_task(self, description: str, total: float | None = None, **_) -> int:
+        self._tasks[len(self._tasks)] = [description, total, 0, time.perf_counter()]
+        return len(self._tasks) - 1
+
+    def advance(self, task: int, advance: float = 1) -> None:
+        entry = self._tasks[task]
+        entry[2] += advance
+        if entry[1] is not None and entry[2] >= entry[1]:  # finished: its one line
+            self._line(entry[0], entry[2], entry[1], entry[3])
+
+    def _line(self, description: str, done, total, start: float) -> None:
+        self.console.print(f"{description}: {done:g}/{total:g} in {time.perf_counter() - start:.1f}s", highlight=False)
 
 
 @contextlib.contextmanager
