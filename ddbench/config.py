@@ -99,7 +99,7 @@ _COUNT_SUFFIXES = ("epochs", "steps", "batch_size", "_batch", "iterations", "eva
 
 def check_value(key: str, value: Any, card_value: Any) -> None:
     """A `--set key=value` must fit the card: true/false where the card has a flag, a whole number ≥ 1 for a count
-    (epochs, steps, batch sizes), a number > 0 for a learning rate, a number (or a word: some cards take one,
+    (epochs, steps, batch sizes), a number ≥ 0 for a learning rate, a number (or a word: some cards take one,
     e.g. `cfg_channels: all`) where the card has a number. One line naming key, value and what is allowed."""
     if value is None and card_value is None:  # null stays null ("no cap", "the default")
         return
@@ -111,8 +111,8 @@ def check_value(key: str, value: Any, card_value: Any) -> None:
         expected = "true or false"
     elif is_count and not (number and isinstance(value, int) and value >= 1):
         expected = "a whole number ≥ 1"
-    elif (name == "lr" or name.endswith("_lr")) and not (number and value > 0):
-        expected = "a number > 0"
+    elif (name == "lr" or name.endswith("_lr")) and not (number and value >= 0):
+        expected = "a number ≥ 0"  # 0 is allowed: a run that learns nothing is a sanity check
     elif isinstance(card_value, (int, float)) and not isinstance(card_value, bool) \
             and not (number or isinstance(value, str)):
         expected = "a number"

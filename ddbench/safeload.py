@@ -18,6 +18,9 @@ import torch
 
 from .errors import DataError
 
+CACHE_FIX = "it is a cache file: delete it and run again"  # the `fix` of a file ddbench wrote itself
+
+
 def load_tensors(path: str | os.PathLike, what: str, *, allow: Iterable[type] = (), mmap: bool = False,
                  fix: str = "") -> Any:
     """`torch.load(path, weights_only=True)` on CPU; any failure is a DataError naming `what` and `path`.

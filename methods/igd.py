@@ -40,6 +40,7 @@ from ddbench.method import Context, Method
 from ddbench.methods.acs import SAMPLING_KEYS, differentiable_decoder
 from ddbench.methods.mgd3 import REFERENCE_STEPS, _atomic_save, base_generator, base_method, guided_distill_key
 from ddbench.nets import build_net
+from ddbench.safeload import CACHE_FIX, load_tensors
 
 INJECT = ("mean", "eps")
 
@@ -255,7 +256,7 @@ class IGD(Method):
         net, side = self._surrogate_net(ctx)
         traj_file = folder / "trajectory.pt"
         if traj_file.exists():
-            traj = torch.load(traj_file)
+            traj = load_tensors(traj_file, "cached IGD surrogate trajectory", fix=CACHE_FIX)
         else:
             keep = torch.arange(len(train.labels))
             if s["subset"] is not None and s["subset"] < len(keep):
@@ -269,7 +270,7 @@ class IGD(Method):
         grads_key = {"grad_ipc": self.cfg["grad_ipc"], "chunk": self.cfg["grad_chunk"]}
         grads_file = folder / f"class-grads-{grads_key['grad_ipc']}-{grads_key['chunk']}.pt"
         if grads_file.exists():
-            class_grads = torch.load(grads_file)  # T×K×P
+            class_grads = load_tensors(grads_file, "cached IGD class gradients", fix=CACHE_FIX)  # T×K×P
         else:
             reals = [to_surrogate(real_images(train, c, self.cfg["grad_ipc"], int(s["seed"])), side).to(ctx.device)
                      for c in range(ctx.spec.num_classes)]
