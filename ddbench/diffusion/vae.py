@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ddbench.diffusion.fast import FP32, autocast_context
 from ddbench.diffusion.load import resolve_weights_path
 from ddbench.diffusion.sampler import randn
 from ddbench.errors import ConfigError, DataError
@@ -48,10 +49,15 @@ class VAE:
         return torch.cat(out)
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-        """Scaled latents -> images in [−1, 1] (float32, not clamped: `to_uint8` clamps)."""
-        chunks = _chunks(z, batch_size)
-        return torch.cat([self.model.decode(c.to(self.device, self.dtype) / self.scale).sample.float() for c in chunks])
+    def decode(self, z: torch.Tensor, batch_size: int | None = None, precision: str = FP32) -> torch.Tensor:
+        """Scaled latents -> images in [−1, 1] (float32, not clamped: `to_uint8` clamps). `batch_size` bounds
+        the decoder's activations (at 256 px its 128/256/512-channel maps dominate the memory); precision "bf16"
+        runs the decoder under bf16 autocast (the fast path), "fp32" exactly."""
+        out = []
+        for c in _chunks(z, batch_size):
+            with autocast_context(precision, self.device):
+                out.append(self.model.decode(c.to(self.device, self.dtype) / self.scale).sample.float())
+        return torch.cat(out)
 
 
 def _chunks(x: torch.Tensor, batch_size: int | None):
