@@ -60,6 +60,34 @@ class VAE:
         return torch.cat(out)
 
 
+# The AutoencoderKL configurations a VAE can be built from without weights (benchmarks, the full-shape
+# rehearsal): "sd-vae-ft-mse" is stabilityai/sd-vae-ft-mse's config.json (83.7 M parameters, 8× down-sampling,
+# 4 latent channels); "tiny" has the same layout at a fraction of the width, for CPU runs.
+VAE_CONFIGS = {
+    "sd-vae-ft-mse": dict(in_channels=3, out_channels=3, latent_channels=4, act_fn="silu", layers_per_block=2,
+                          block_out_channels=(128, 256, 512, 512), norm_num_groups=32, sample_size=256,
+                          down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4),
+    "tiny": dict(in_channels=3, out_channels=3, latent_channels=4, act_fn="silu", layers_per_block=1,
+                 block_out_channels=(16, 32, 32, 32), norm_num_groups=8, sample_size=64,
+                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4),
+}
+
+
+def build_vae(name: str = "sd-vae-ft-mse", device="cpu", seed: int = 0, folder=None) -> VAE:
+    """An AutoencoderKL of a named configuration with random weights (seeded); saved with save_pretrained to
+    `folder` when given, so that `load_vae(folder)` reads it as it would read the released weights."""
+    from diffusers import AutoencoderKL
+
+    if name not in VAE_CONFIGS:
+        raise ConfigError(f"unknown VAE configuration {name!r}; expected one of {', '.join(VAE_CONFIGS)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoencoderKL(**VAE_CONFIGS[name])
+    if folder is not None:
+        model.save_pretrained(str(folder))
+    return VAE(model.to(device))
+
+
 def _chunks(x: torch.Tensor, batch_size: int | None):
     return [x] if not batch_size else list(x.split(batch_size))
 
