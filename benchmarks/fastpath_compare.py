@@ -1,7 +1,8 @@
 """Does the fast path change anything that matters? The exact fp32 path against bf16, on the same seeds.
 
     python benchmarks/fastpath_compare.py --dataset fashion --ipc 10 --eval-seeds 0-9       # the docs' run
-    python benchmarks/fastpath_compare.py --quick                                           # tiny, seconds
+    python benchmarks/fastpath_compare.py --quick                                           # tiny generator
+    python benchmarks/fastpath_compare.py --eval-seeds none                                 # pixels only
 
 Distils `dit` twice with the same distillation seed — `autocast=false` (exact fp32) and `autocast=true` (bf16
 DiT forward and VAE decode; on a CPU this is CPU bf16 autocast, labelled so) — then prints one JSON line of
@@ -31,7 +32,9 @@ PATHS = {"fp32": False, "bf16": True}  # the card's `autocast` value of each pat
 
 
 def seeds(text: str) -> list[int]:
-    """"0-9" or "0,1,2" -> the list."""
+    """"0-9" or "0,1,2" -> the list; "none" -> [] (pixel statistics only)."""
+    if text == "none":
+        return []
     if "-" in text:
         a, b = (int(v) for v in text.split("-"))
         return list(range(a, b + 1))
@@ -77,9 +80,18 @@ def main(argv=None) -> list[dict]:
     os.environ.setdefault("DDBENCH_SET_METRICS", "off")  # not part of this comparison
     method_over, proto_over, eval_seeds = {}, {}, seeds(args.eval_seeds)
     if args.quick:
-        method_over, proto_over, eval_seeds = {"generator": {"preset": "tiny"}, "steps": 5}, {"epochs": 20, "eval_points": 1}, [0, 1, 2]
+        method_over, proto_over = {"generator": {"preset": "tiny"}, "steps": 5}, {"epochs": 20, "eval_points": 1}
+        eval_seeds = eval_seeds[:3]
     device = resolve_device(args.device)
     label = device_name(device) + ("" if device.type == "cuda" else " (CPU bf16 autocast)")
+    if not eval_seeds:  # pixels only: distil the three sets, train nothing
+        sets = {path: distil(args, {**method_over, "autocast": a}, args.seed) for path, a in PATHS.items()}
+        line = {"what": "pixels", "device": label, "dataset": args.dataset, "ipc": args.ipc, "seed": args.seed,
+                "method_overrides": method_over, "fp32_vs_bf16": pixel_stats(sets["fp32"], sets["bf16"]),
+                "fp32_seed_vs_next_seed": pixel_stats(sets["fp32"], distil(args, {**method_over, "autocast": False},
+                                                                           args.seed + 1))}
+        print(json.dumps(line))
+        return [line]
     lines, sets, accs = [], {}, {}
     for path, autocast in PATHS.items():
         t0 = time.perf_counter()
@@ -105,6 +117,19 @@ def main(argv=None) -> list[dict]:
     for line in lines:
         print(json.dumps(line))
     return lines
+
+
+def distil(args, overrides: dict, seed: int) -> torch.Tensor:
+    """The `dit` set of (dataset, ipc, seed) under `overrides`, without the runner (no store, no evaluation)."""
+    from ddbench.data import get_dataset, load_split
+    from ddbench.method import Context, default_cache_dir, load_method
+
+    spec = get_dataset(args.dataset)
+    cache = default_cache_dir()
+    method = load_method("dit", spec.name, overrides)
+    ctx = Context(spec, resolve_device(args.device), cache, lambda: load_split(spec, "train", cache_dir=cache / "data"))
+    method.prepare(ctx)
+    return method.distill(ctx, args.ipc, seed).images
 
 
 if __name__ == "__main__":

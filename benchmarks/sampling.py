@@ -244,7 +244,7 @@ def part_minimax(args, device, cfg) -> dict:
     base = DiT(**cfg).to(device).eval()
     b, n = args.ft_batch, args.ft_steps
     side = args.input_size
-    images = torch.randint(0, 256, (max(4 * b, 16), cfg["in_channels"], side, side), dtype=torch.uint8)
+    images = torch.randint(0, 256, (max(4 * b, 16), base.in_channels, side, side), dtype=torch.uint8)
     keys = torch.arange(len(images)) % 4
     ft = {**FINETUNE, "batch_size": b, "steps": n + 1, "epochs": None, "checkpoint_every": 10**9, "log_every": 10**9,
           "amp": args.precision != "fp32"}
@@ -369,16 +369,14 @@ def main(argv=None) -> list[dict]:
                       "gflops_per_image": round(flops / 1e9, 3), "achieved_tflops": round(ips * flops / 1e12, 4),
                       "utilisation": None if peak is None else round(ips * flops / 1e12 / peak, 4),
                       "peak_tflops": peak, "compile_fallback": getattr(model_fn, "fallback", None)})
-    if "decode" in parts:
-        lines.append({**head, **part_decode(args, device, model_fn, autocast, t_ours)})
-    if "mgd3" in parts:
-        lines.append({**head, **part_mgd3(args, device, model_fn, autocast, shape, labels)})
-    if "acs" in parts:
-        lines.append({**head, **part_acs(args, device, model_fn, autocast, shape, labels)})
-    if "minimax" in parts:
-        lines.append({**head, **part_minimax(args, device, cfg)})
-    for line in lines:
-        print(json.dumps(line), flush=True)
+        print(json.dumps(lines[-1]), flush=True)
+    more = {"decode": lambda: part_decode(args, device, model_fn, autocast, t_ours),
+            "mgd3": lambda: part_mgd3(args, device, model_fn, autocast, shape, labels),
+            "acs": lambda: part_acs(args, device, model_fn, autocast, shape, labels),
+            "minimax": lambda: part_minimax(args, device, cfg)}
+    for name in (p for p in parts if p in more):
+        lines.append({**head, **more[name]()})
+        print(json.dumps(lines[-1]), flush=True)  # one line per part as soon as it is measured
     return lines
 
 
