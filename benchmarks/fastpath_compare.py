@@ -47,7 +47,8 @@ def pixel_stats(a: torch.Tensor, b: torch.Tensor) -> dict:
     per_mean, per_max = d.mean(1), d.amax(1)
     return {"images": len(a), "mean_abs_diff": round(per_mean.mean().item(), 4),
             "mean_abs_diff_worst_image": round(per_mean.max().item(), 4), "max_abs_diff": int(per_max.max()),
-            "max_abs_diff_median_image": float(per_max.median()), "pixels_changed": round((d > 0).float().mean().item(), 4),
+            "max_abs_diff_median_image": float(per_max.median()),
+            "pixels_changed": round((d > 0).float().mean().item(), 4),
             "identical_images": int((per_max == 0).sum())}
 
 
@@ -63,7 +64,8 @@ def summary(values: list[float]) -> dict:
     mean = sum(values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     half = t95(n) * std / math.sqrt(n) if n > 1 else float("nan")
-    return {"n": n, "mean": round(mean, 3), "std": round(std, 3), "ci95": [round(mean - half, 3), round(mean + half, 3)]}
+    return {"n": n, "mean": round(mean, 3), "std": round(std, 3),
+            "ci95": [round(mean - half, 3), round(mean + half, 3)]}
 
 
 def main(argv=None) -> list[dict]:
@@ -103,7 +105,8 @@ def main(argv=None) -> list[dict]:
         lines.append({"what": "accuracy", "path": path, "device": label, "dataset": args.dataset, "ipc": args.ipc,
                       "protocol": args.protocol, "arch": records[0]["arch"], "seed": args.seed,
                       "acc_last": summary(accs[path]), "values": accs[path],
-                      "distilled_sha256": records[0]["distilled_sha256"], "seconds": round(time.perf_counter() - t0, 1)})
+                      "distilled_sha256": records[0]["distilled_sha256"],
+                      "seconds": round(time.perf_counter() - t0, 1)})
     # scale of "a different draw": an fp32 set of the next seed (distilled and evaluated once)
     other = run(RunRequest("dit", args.dataset, args.ipc, args.protocol, None, [args.seed + 1], eval_seeds[:1],
                            {**method_over, "autocast": False}, proto_over, Path(args.out) / "fp32-next-seed",

@@ -182,7 +182,7 @@ class _Cast:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def part_decode(args, device, model_fn, autocast, t_sample) -> dict:
+def part_decode(args, device, t_sample) -> dict:
     vae = build_vae(args.vae, device)
     z = torch.randn(args.batch, 4, args.input_size, args.input_size, generator=torch.Generator().manual_seed(0))
     precision = "bf16" if args.precision != "fp32" else "fp32"
@@ -227,7 +227,8 @@ def part_acs(args, device, model_fn, autocast, shape, labels) -> dict:
     plain = _timed(run(lambda: ()), device, args.repeats)
     guided = _timed(run(lambda: [AdversarialGuidance(disc, decode, disc_input, y10, 0.01)]), device, 1)
     return {"part": "acs", "sampler": "ddim", "vae_in_gradient": vae is not None,
-            "seconds_per_image_plain": round(plain / args.batch, 5), "seconds_per_image_acs": round(guided / args.batch, 5),
+            "seconds_per_image_plain": round(plain / args.batch, 5),
+            "seconds_per_image_acs": round(guided / args.batch, 5),
             "overhead": round(guided / plain - 1, 4)}
 
 
@@ -288,7 +289,8 @@ def part_minimax(args, device, cfg) -> dict:
     _sync(device)
     ref = (time.perf_counter() - t0) / n
     return {"part": "minimax", "batch": b, "steps": n, "amp": ft["amp"] and device.type == "cuda",
-            "steps_per_s": round(1 / ours, 3), "reference_steps_per_s": round(1 / ref, 3), "speedup": round(ref / ours, 2)}
+            "steps_per_s": round(1 / ours, 3), "reference_steps_per_s": round(1 / ref, 3),
+            "speedup": round(ref / ours, 2)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -370,7 +372,7 @@ def main(argv=None) -> list[dict]:
                       "utilisation": None if peak is None else round(ips * flops / 1e12 / peak, 4),
                       "peak_tflops": peak, "compile_fallback": getattr(model_fn, "fallback", None)})
         print(json.dumps(lines[-1]), flush=True)
-    more = {"decode": lambda: part_decode(args, device, model_fn, autocast, t_ours),
+    more = {"decode": lambda: part_decode(args, device, t_ours),
             "mgd3": lambda: part_mgd3(args, device, model_fn, autocast, shape, labels),
             "acs": lambda: part_acs(args, device, model_fn, autocast, shape, labels),
             "minimax": lambda: part_minimax(args, device, cfg)}

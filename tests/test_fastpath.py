@@ -5,7 +5,6 @@ import logging
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ddbench.diffusion import ddpm_sample, load_dit, to_uint8
 from ddbench.diffusion.dit import Attention
