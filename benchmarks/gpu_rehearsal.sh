@@ -52,7 +52,8 @@ for stage in $STAGES; do
   case $stage in
     tree)
       log "tree + weights"
-      "$PY" "$HERE/imagenet_tree.py" "$R" --train 3 --val 1 >>"$OUT/tree.jsonl" ;;
+      "$PY" "$HERE/imagenet_tree.py" "$R" --train 3 --val 1 >>"$OUT/tree.jsonl"
+      "$PY" "$HERE/imagenet_tree.py" "$R" --check --device cuda >>"$OUT/tree.jsonl" ;;
     sampling)
       BASE=(--model XL/2 --input-size 32 --depth 0 --batch 64 --steps 50 --vae sd-vae-ft-mse --device cuda
             --reference-images 2 --repeats 2 --ft-batch 8 --ft-steps 20)

@@ -3,6 +3,7 @@ full-shape rehearsal of the diffusion methods where neither ImageNet nor the DiT
 
     python benchmarks/imagenet_tree.py /tmp/rehearsal --train 3 --val 1      # tree + DiT-XL/2 + sd-vae-ft-mse
     python benchmarks/imagenet_tree.py /tmp/rehearsal --no-weights           # the tree only
+    python benchmarks/imagenet_tree.py /tmp/rehearsal --check                # read it all back (one forward each)
 
 Writes
   <out>/imagenet/train/<wnid>/<wnid>_<k>.JPEG and val/<wnid>/ILSVRC2012_val_<wnid>_<k>.JPEG for the 1000 wnids of
@@ -87,6 +88,26 @@ def write_weights(out: Path, seed: int = 0) -> dict:
             "vae": str(out / "sd-vae-ft-mse")}
 
 
+def check(out: Path, device: str = "cpu") -> dict:
+    """Read everything back as the methods do: both DiT formats (one forward each, compared), the VAE (one
+    decode), and the `nette` train pool (which holds the greyscale and the CMYK file)."""
+    from ddbench.data import get_dataset, load_split
+    from ddbench.diffusion import load_dit, load_vae
+
+    t0 = time.perf_counter()
+    g = torch.Generator().manual_seed(0)
+    x, t, y = torch.randn(1, 4, 32, 32, generator=g).to(device), torch.tensor([500], device=device), torch.tensor([1])
+    with torch.no_grad():
+        a = load_dit(out / "DiT-XL-2-256x256.pt", device)(x, t, y.to(device))
+        b = load_dit(out / "DiT-XL-2-256-diffusers", device)(x, t, y.to(device))
+        image = load_vae(out / "sd-vae-ft-mse", device).decode(x[:, :4] * 0.1)
+    spec = get_dataset("nette", imagenet_root=str(out / "imagenet"))
+    pool = load_split(spec, "train", cache_dir=out / "cache")
+    return {"dit_formats_max_abs_diff": float((a - b).abs().max()), "dit_output": list(a.shape),
+            "vae_decode": list(image.shape), "nette_train": list(pool.images.shape),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("out", type=Path)
@@ -94,7 +115,13 @@ def main(argv=None) -> dict:
     p.add_argument("--val", type=int, default=1, help="validation images per class")
     p.add_argument("--no-weights", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--check", action="store_true", help="only read an existing OUT back (see check())")
+    p.add_argument("--device", default="cpu", help="device of --check")
     args = p.parse_args(argv)
+    if args.check:
+        result = check(args.out, args.device)
+        print(json.dumps(result))
+        return result
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     result = {"tree": write_tree(args.out / "imagenet", args.train, args.val, args.seed)}
