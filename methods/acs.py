@@ -301,8 +301,8 @@ def sample_batches(ctx: Context, gen, bcfg: dict, y: torch.Tensor, noise: torch.
         idx = torch.arange(s, min(s + bs, len(y)))
         z = gen.sample_latents(y[idx], g, steps=bcfg["steps"], cfg=bcfg["cfg_scale"], sampler=bcfg["sampler"],
                                hooks=hooks_for(idx) if hooks_for else (), cfg_channels=bcfg["cfg_channels"],
-                               autocast=bcfg["autocast"], noise=noise[idx])
-        out.append(gen.decode(z))
+                               autocast=bcfg["autocast"], compile=bcfg.get("compile", "auto"), noise=noise[idx])
+        out.append(gen.decode(z, bcfg["autocast"]))
     return torch.cat(out)[:keep]
 
 

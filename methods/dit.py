@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from ddbench.diffusion.fast import resolve_compile, resolve_precision
 from ddbench.diffusion.generator import load_generator
 from ddbench.distilled import DistilledSet
 from ddbench.method import Context, Method
@@ -22,9 +23,11 @@ class DiTSampling(Method):
     """IPC samples per class; noise from one torch.Generator seeded with the distillation seed."""
 
     defaults = {"dit": None, "vae": None, "generator": "cpu", "steps": 50, "sampler": "ddpm", "cfg_scale": 4.0,
-                "cfg_channels": 3, "batch_size": 32, "autocast": False}
+                "cfg_channels": 3, "batch_size": 32, "autocast": "auto", "compile": "auto"}
 
     def prepare(self, ctx: Context) -> None:
+        resolve_precision(self.cfg["autocast"], ctx.device)  # a bad autocast / compile value fails here, before
+        resolve_compile(self.cfg.get("compile", "auto"), ctx.device)  # any weights are loaded or trained
         load_generator(ctx, self.cfg, log=_log(ctx))  # loads the weights, or trains the generator once
 
     def distill(self, ctx: Context, ipc: int, seed: int) -> DistilledSet:
@@ -51,7 +54,7 @@ def sample_classes(ctx: Context, gen, cfg: dict, ipc: int, seed: int, hooks_for=
         idx = torch.arange(i, min(i + bs, len(labels)))
         out.append(gen.sample(labels[idx], g, steps=cfg["steps"], cfg=cfg["cfg_scale"], sampler=cfg["sampler"],
                               hooks=hooks_for(idx) if hooks_for else (), cfg_channels=cfg["cfg_channels"],
-                              autocast=cfg["autocast"]))
+                              autocast=cfg["autocast"], compile=cfg.get("compile", "auto")))
     return torch.cat(out)
 
 

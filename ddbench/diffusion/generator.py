@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from ddbench.diffusion.dit import DiT
+from ddbench.diffusion.fast import compiled_model, resolve_compile, resolve_precision
 from ddbench.diffusion.sampler import ddim_sample, ddpm_sample
 from ddbench.diffusion.train import cache_key, generator_config, load_trained, train_generator
 from ddbench.diffusion.vae import VAE, from_uint8, to_uint8
@@ -41,6 +42,8 @@ class Generator:
     vae: VAE | None = None           # None: the model works on pixels in [−1, 1]
     cfg_channels: int | str = "all"  # default guided ε channels: 3 for the reference latent DiT, all for pixels
     info: dict = field(default_factory=dict)  # provenance: kind, weights path or cache folder, configs
+    decode_batch: int = 32           # images per VAE decoder call (bounds memory at 256 px)
+    _compiled: dict = field(default_factory=dict, repr=False)  # compile setting -> the model callable (one compile)
 
     @property
     def device(self) -> torch.device:
@@ -59,22 +62,34 @@ class Generator:
             raise ConfigError(f"class labels must lie in 0..{len(self.cond_labels) - 1}, got {y.tolist()[:8]}")
         return self.cond_labels[y]
 
+    def model_fn(self, compile_: bool | str = False):
+        """The model as the samplers call it: compiled (`compile_` true, or auto on CUDA; one compilation per
+        generator, an eager fallback when it fails) or the module itself."""
+        enabled = resolve_compile(compile_, self.device)
+        if enabled not in self._compiled:
+            self._compiled[enabled] = compiled_model(self.model, enabled)
+        return self._compiled[enabled]
+
     @torch.no_grad()
     def sample_latents(self, y, generator: torch.Generator, *, steps: int | str = 50, cfg: float = 4.0,
                        hooks=(), sampler: str = "ddpm", cfg_channels: int | str | None = None,
-                       autocast: bool = False, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """One batch (all of y in one CFG forward per step): float N×C×H×W in the model's space."""
+                       autocast: bool | str = False, compile: bool | str = False,
+                       noise: torch.Tensor | None = None) -> torch.Tensor:
+        """One batch (all of y in one CFG forward per step): float N×C×H×W in the model's space.
+        autocast / compile: the card values (auto = the fast path on CUDA; false = exact fp32, eager)."""
         if sampler not in SAMPLERS:
             raise ConfigError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
         y_model = self.condition(y)
-        return SAMPLERS[sampler](self.model, (len(y_model), *self.latent_shape), y_model, steps=steps,
+        return SAMPLERS[sampler](self.model_fn(compile), (len(y_model), *self.latent_shape), y_model, steps=steps,
                                  cfg_scale=cfg, cfg_channels=cfg_channels or self.cfg_channels, generator=generator,
                                  hooks=hooks, device=self.device, autocast=autocast, noise=noise)
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Model-space samples -> uint8 N×C×R×R at the dataset resolution."""
-        x = self.vae.decode(z) if self.vae is not None else z
+    def decode(self, z: torch.Tensor, autocast: bool | str = False) -> torch.Tensor:
+        """Model-space samples -> uint8 N×C×R×R at the dataset resolution; the VAE decodes `decode_batch`
+        images at a time, in bf16 when `autocast` resolves to the fast path on this device."""
+        precision = resolve_precision(autocast, self.device)
+        x = self.vae.decode(z, self.decode_batch, precision) if self.vae is not None else z
         images = to_uint8(x).cpu()
         if images.shape[-1] != self.resolution:
             from ddbench.data.images import resize_tensor
@@ -93,8 +108,9 @@ class Generator:
 
     def sample(self, y, generator: torch.Generator, steps: int | str = 50, cfg: float = 4.0, hooks=(),
                sampler: str = "ddpm", **kw) -> torch.Tensor:
-        """uint8 N×C×R×R images of classes y (dataset labels), sampled as one batch."""
-        return self.decode(self.sample_latents(y, generator, steps=steps, cfg=cfg, hooks=hooks, sampler=sampler, **kw))
+        """uint8 N×C×R×R images of classes y (dataset labels), sampled as one batch (kw: sample_latents')."""
+        z = self.sample_latents(y, generator, steps=steps, cfg=cfg, hooks=hooks, sampler=sampler, **kw)
+        return self.decode(z, kw.get("autocast", False))
 
 
 # ---------------------------------------------------------------------------------------------------------

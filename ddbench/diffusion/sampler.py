@@ -14,12 +14,11 @@ floats, and the noise is drawn on the generator's device and copied without bloc
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
-
 import torch
 from torch import nn
 
 from ddbench.diffusion.dit import cfg_channel_count, cfg_combine
+from ddbench.diffusion.fast import autocast_context, resolve_precision
 from ddbench.diffusion.hooks import StepState, run_hooks
 from ddbench.diffusion.schedule import Schedule, eps_from_x0, model_log_variance, posterior_mean, predict_x0
 from ddbench.errors import ConfigError
@@ -58,7 +57,7 @@ class _GuidedModel:
                 raise ConfigError("classifier-free guidance needs the null label: pass null_label= "
                                   "(DiT: num_classes) or cfg_scale=1.0")
             self.y_in = torch.cat([y, torch.full_like(y, int(null_label))])
-        self.autocast = autocast and torch.device(device).type == "cuda"
+        self.precision = resolve_precision(autocast, device)  # auto: bf16 on CUDA, exact fp32 elsewhere
 
     @property
     def batch(self) -> int:
@@ -68,8 +67,7 @@ class _GuidedModel:
         """x: N×C×H×W -> (guided ε N×C×H×W, variance values N×C×H×W or None)."""
         x_in = torch.cat([x, x]) if self.use_cfg else x
         t_in = torch.full((len(x_in),), timestep, device=x.device, dtype=torch.long)
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.autocast else nullcontext()
-        with ctx:
+        with autocast_context(self.precision, x.device):  # only the model forward: CFG and the rest stay fp32
             out = self.model_fn(x_in, t_in, self.y_in)
         out = out.to(x.dtype)
         if self.use_cfg:
@@ -85,7 +83,7 @@ def _setup(model_fn, shape, y, generator, device, dtype, noise, steps, schedule,
            null_label, autocast):
     if generator is None:
         raise ConfigError("sampling needs an explicit torch.Generator (generator=torch.Generator().manual_seed(s))")
-    if isinstance(model_fn, nn.Module) and model_fn.training:
+    if getattr(model_fn, "training", False):  # an nn.Module, or a compiled wrapper of one
         raise ValueError("the model is in training mode (a DiT then drops labels at random); call model.eval()")
     if device is None:
         params = next(iter(model_fn.parameters()), None) if isinstance(model_fn, nn.Module) else None
@@ -131,7 +129,7 @@ def _state(sched: Schedule, i: int, x, y, guided: _GuidedModel, model_fn) -> tup
 @torch.no_grad()
 def ddpm_sample(model_fn, shape, y, *, steps: int | str = 50, cfg_scale: float = 4.0, cfg_channels: int | str = 3,
                 generator: torch.Generator, hooks=(), device=None, dtype=torch.float32, null_label=None,
-                noise: torch.Tensor | None = None, autocast: bool = False, schedule: Schedule | None = None):
+                noise: torch.Tensor | None = None, autocast: bool | str = False, schedule: Schedule | None = None):
     """Sample N = shape[0] latents of shape N×C×H×W for labels y (N) with `steps` respaced DDPM steps.
 
     model_fn(x, t, y) returns ε (C channels) or ε and variance values (2C, learned range), e.g. a DiT.
@@ -164,7 +162,7 @@ def ddpm_sample(model_fn, shape, y, *, steps: int | str = 50, cfg_scale: float =
 @torch.no_grad()
 def ddim_sample(model_fn, shape, y, *, steps: int | str = 50, cfg_scale: float = 4.0, cfg_channels: int | str = 3,
                 generator: torch.Generator, hooks=(), device=None, dtype=torch.float32, null_label=None,
-                noise: torch.Tensor | None = None, autocast: bool = False, schedule: Schedule | None = None,
+                noise: torch.Tensor | None = None, autocast: bool | str = False, schedule: Schedule | None = None,
                 eta: float = 0.0):
     """DDIM on the "ddimN" respaced schedule (0, T/N, 2T/N, …): x_{t−1} = sqrt(ᾱ')·x̂₀ + sqrt(1−ᾱ'−σ²)·ε + σ·z with
     σ = η·sqrt((1−ᾱ')/(1−ᾱ))·sqrt(1−ᾱ/ᾱ'). η = 0 is deterministic given the initial noise."""

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ddbench.diffusion.fast import FP32, autocast_context
 from ddbench.diffusion.load import resolve_weights_path
 from ddbench.diffusion.sampler import randn
 from ddbench.errors import ConfigError, DataError
@@ -48,10 +49,43 @@ class VAE:
         return torch.cat(out)
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor, batch_size: int | None = None) -> torch.Tensor:
-        """Scaled latents -> images in [−1, 1] (float32, not clamped: `to_uint8` clamps)."""
-        chunks = _chunks(z, batch_size)
-        return torch.cat([self.model.decode(c.to(self.device, self.dtype) / self.scale).sample.float() for c in chunks])
+    def decode(self, z: torch.Tensor, batch_size: int | None = None, precision: str = FP32) -> torch.Tensor:
+        """Scaled latents -> images in [−1, 1] (float32, not clamped: `to_uint8` clamps). `batch_size` bounds
+        the decoder's activations (at 256 px its 128/256/512-channel maps dominate the memory); precision "bf16"
+        runs the decoder under bf16 autocast (the fast path), "fp32" exactly."""
+        out = []
+        for c in _chunks(z, batch_size):
+            with autocast_context(precision, self.device):
+                out.append(self.model.decode(c.to(self.device, self.dtype) / self.scale).sample.float())
+        return torch.cat(out)
+
+
+# The AutoencoderKL configurations a VAE can be built from without weights (benchmarks, the full-shape
+# rehearsal): "sd-vae-ft-mse" is stabilityai/sd-vae-ft-mse's config.json (83.7 M parameters, 8× down-sampling,
+# 4 latent channels); "tiny" has the same layout at a fraction of the width, for CPU runs.
+VAE_CONFIGS = {
+    "sd-vae-ft-mse": dict(in_channels=3, out_channels=3, latent_channels=4, act_fn="silu", layers_per_block=2,
+                          block_out_channels=(128, 256, 512, 512), norm_num_groups=32, sample_size=256,
+                          down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4),
+    "tiny": dict(in_channels=3, out_channels=3, latent_channels=4, act_fn="silu", layers_per_block=1,
+                 block_out_channels=(16, 32, 32, 32), norm_num_groups=8, sample_size=64,
+                 down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4),
+}
+
+
+def build_vae(name: str = "sd-vae-ft-mse", device="cpu", seed: int = 0, folder=None) -> VAE:
+    """An AutoencoderKL of a named configuration with random weights (seeded); saved with save_pretrained to
+    `folder` when given, so that `load_vae(folder)` reads it as it would read the released weights."""
+    from diffusers import AutoencoderKL
+
+    if name not in VAE_CONFIGS:
+        raise ConfigError(f"unknown VAE configuration {name!r}; expected one of {', '.join(VAE_CONFIGS)}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoencoderKL(**VAE_CONFIGS[name])
+    if folder is not None:
+        model.save_pretrained(str(folder))
+    return VAE(model.to(device))
 
 
 def _chunks(x: torch.Tensor, batch_size: int | None):
