@@ -77,6 +77,18 @@ class Protocol:
         return [self.evaluate(dset, spec, test, arch, seed, device) for seed in seeds]
 
 
+PRECISIONS = ("bf16", "fp32")
+
+
+def uses_bf16(card: dict) -> bool:
+    """True when the card's `precision` is bf16 (autocast on CUDA only; CPU always computes in fp32)."""
+    precision = card.get("precision")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"protocol {card.get('name')}: precision {precision!r} is not one of {', '.join(PRECISIONS)} "
+                          "(--set protocol.precision=fp32)")
+    return precision == "bf16"
+
+
 class ResourceMeter:
     """Wall time and peak memory (MB) of a block: CUDA max allocated on GPU, process peak RSS on CPU."""
 
