@@ -280,7 +280,8 @@ def load_teacher(path, arch: str | None, spec, size: int | None = None) -> nn.Mo
 
 def load_rded_teacher(path: Path, arch: str | None, spec) -> nn.Module:
     """RDED's `{subset}_{model}.pth` ({"model": state dict}, subset-way head), rows put in ddbench's class order."""
-    subset, rded_arch, side = teacher_rded.parse_name(path, spec.name)
+    subset, rded_arch, _ = teacher_rded.parse_name(path, spec.name)
+    side = teacher_rded.input_side(path, spec.name)
     if arch and arch != rded_arch:
         raise ConfigError(f"{path.name} is RDED's {subset} {rded_arch} teacher, but teacher.arch is {arch!r}; "
                           f"leave teacher.arch unset or set it to {rded_arch}")
@@ -339,7 +340,7 @@ def teacher_input_size(spec, cfg: dict | None = None, path=None) -> int:
     """The input side the teacher expects (RDED's conv teachers: 128 on nette/woof/imagenet100; other loaded
     ImageNet weights: 224; else the recipe's input_size)."""
     if path and teacher_rded.is_rded_file(path):
-        return teacher_rded.parse_name(path, spec.name)[2]
+        return teacher_rded.input_side(path, spec.name)
     if path:
         return 224 if spec.kind != "embedded" else spec.resolution
     return int(resolve_recipe(spec, cfg)["input_size"])

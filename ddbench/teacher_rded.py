@@ -65,6 +65,20 @@ def read_state(path) -> dict:
     return obj["model"]
 
 
+def input_side(path, dataset: str) -> int:
+    """The side the file's net was built for: load_model's rule, or the other of 128 / 224 when the conv head
+    says so (RDED's README lists its ImageNet-10 Conv5 at 128 px, where load_model builds conv nets at 224)."""
+    subset, arch, side = parse_name(path, dataset)
+    if not arch.startswith("convnet"):
+        return side
+    depth = int(arch[len("convnet"):-len("_bn")])
+    head = read_state(path).get("classifier.weight")
+    for candidate in (side, 224 if side == 128 else 128):
+        if head is not None and head.shape[1] == 128 * (candidate >> depth) ** 2:
+            return candidate
+    return side  # no match: loading reports the shape mismatch
+
+
 def row_order(imagenet_index) -> list[int]:
     """Head row of RDED's file for each ddbench label: the rank of the class's ImageNet-1K index."""
     ranked = sorted(imagenet_index)

@@ -287,3 +287,17 @@ def test_rded_resnet18_teacher_and_refusals(tmp_path):
     torch.save({"model": {}}, cifar)
     with pytest.raises(DataError, match="not one of RDED's ImageNet-subset teachers"):
         teacher_mod.load_teacher(cifar, None, nette)
+
+
+def test_rded_conv_side_follows_the_head(tmp_path):
+    """RDED's README lists its ImageNet-10 Conv5 at 128 px, where load_model's rule says 224: the head decides."""
+    torch.manual_seed(0)
+    ref = randomise_bn(RdedConvNet(10, depth=5, im_size=128), 3)
+    path = tmp_path / "imagenet-10_conv5.pth"
+    torch.save({"model": ref.state_dict()}, path)
+    idc = imagenet_like("idc")
+    assert teacher_mod.teacher_input_size(idc, path=path) == 128
+    net = teacher_mod.load_teacher(path, None, idc)
+    x = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.allclose(net(x), ref(x)[:, soft_rows(idc)], atol=1e-5)
