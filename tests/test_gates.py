@@ -1,6 +1,8 @@
 """Gates on what users feed in (class order, which ImageNet, teacher floor) and RDED's released teacher files."""
+import argparse
 import hashlib
 import json
+import os
 
 import pytest
 import torch
@@ -8,6 +10,7 @@ import torch.nn as nn
 
 from ddbench import runner
 from ddbench import teacher as teacher_mod
+from ddbench.cli.options import options_of
 from ddbench.data import get_dataset
 from ddbench.data import gates, spec as spec_mod
 from ddbench.data.spec import DatasetSpec, Split, class_order_sha256, imagenet_index, read_class_list
@@ -106,7 +109,8 @@ def test_fastai_download_is_named_and_refused_unless_allowed(tmp_path, monkeypat
     with pytest.raises(DataError, match="fastai imagewoof2 download .*val 2-2 images per class.*"
                                         "--allow-nonstandard-subset"):
         get_dataset("woof", imagenet_root=str(root))
-    monkeypatch.setenv(gates.ALLOW_ENV, "1")
+    options_of(argparse.Namespace(allow_nonstandard_subset=True))  # --allow-nonstandard-subset
+    assert os.environ[gates.ALLOW_ENV] == "1"
     spec = get_dataset("woof", imagenet_root=str(root))
     assert spec.nonstandard.startswith("the fastai imagewoof2 download")
 
