@@ -67,6 +67,8 @@ class Protocol:
         self.card = card
         self.name = card.get("name", self.family)
         self.version = card.get("version")
+        if "precision" in card:
+            uses_bf16(card)  # a bad value fails when the card is loaded, not after distilling
 
     def evaluate(self, dset, spec, test, arch: str, seed: int, device) -> EvalResult:
         raise NotImplementedError

@@ -3,6 +3,7 @@ import argparse
 import hashlib
 import json
 import os
+from dataclasses import replace
 
 import pytest
 import torch
@@ -143,7 +144,8 @@ def test_every_record_says_the_subset_is_nonstandard(tmp_path):
                        kind="imagenet", root=None, imagenet_index=None, test_resolution=8,
                        nonstandard="the fastai imagenette2 download")
     dset = DistilledSet(torch.zeros(2, 1, 8, 8, dtype=torch.uint8), torch.arange(2), spec.classes, {})
-    keys = [dict(method="m", dataset="nette", ipc=1, seed=0, protocol="p", arch="a", eval_seed=e) for e in (0, 1)]
+    keys = [dict(method="m", dataset="nette", ipc=1, seed=0, protocol="p", arch="a", eval_seed=e,
+                 config_hash="0123456789abcdef") for e in (0, 1)]
     phases = {"timings": {}, "peak_mem": {}}
     with runner.ResultStore(tmp_path / "r.db") as store:
         records = runner.evaluate_cells(dset, spec, _FixedProtocol(), keys, store, None, torch.device("cpu"),
@@ -151,6 +153,9 @@ def test_every_record_says_the_subset_is_nonstandard(tmp_path):
         stored = store.query(method="m")
     assert len(stored) == 2
     assert all(r["extra"]["nonstandard_subset"] == "the fastai imagenette2 download" for r in records + stored)
+    # other data, another cell: the reason is part of the dataset identity the config hash covers
+    assert runner.dataset_identity(spec)["nonstandard"] == "the fastai imagenette2 download"
+    assert "nonstandard" not in runner.dataset_identity(replace(spec, nonstandard=None))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -305,3 +310,20 @@ def test_rded_conv_side_follows_the_head(tmp_path):
     x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         assert torch.allclose(net(x), ref(x)[:, soft_rows(idc)], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Precision: a visible card value, checked when the card is loaded
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_precision_is_a_card_value():
+    from ddbench.methods.minimax import FINETUNE
+    from ddbench.protocol import list_protocols
+
+    assert {load_protocol(n).card["precision"] for n in list_protocols()} == {"bf16"}
+    assert FINETUNE["precision"] == "bf16"
+    assert load_protocol("idc", {"precision": "fp32"}).plan(10, 10)["epochs"] > 0  # idc: a hard-family plan
+    assert soft.uses_bf16(load_protocol("rded", {"precision": "fp32"}).card) is False
+    with pytest.raises(ConfigError, match="precision 'fp16' is not one of bf16, fp32"):
+        load_protocol("rded", {"precision": "fp16"})
