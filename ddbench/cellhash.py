@@ -17,9 +17,12 @@ from .errors import DataError
 def dataset_identity(spec) -> dict:
     """What of a dataset can move a number: its name, class order, resolutions, channels and normalisation
     (not its root folder, which differs between machines holding the same data)."""
-    return {"name": spec.name, "classes": list(spec.classes), "resolution": spec.resolution,
-            "test_resolution": spec.test_resolution, "channels": spec.channels, "mean": list(spec.mean),
-            "std": list(spec.std)}
+    identity = {"name": spec.name, "classes": list(spec.classes), "resolution": spec.resolution,
+                "test_resolution": spec.test_resolution, "channels": spec.channels, "mean": list(spec.mean),
+                "std": list(spec.std)}
+    if spec.nonstandard:  # e.g. a fastai imagewoof2 download: other images, never one cell with ILSVRC-2012's
+        identity["nonstandard"] = spec.nonstandard
+    return identity
 
 
 def file_identity(path) -> dict:

@@ -67,6 +67,8 @@ class Protocol:
         self.card = card
         self.name = card.get("name", self.family)
         self.version = card.get("version")
+        if "precision" in card:
+            uses_bf16(card)  # a bad value fails when the card is loaded, not after distilling
 
     def evaluate(self, dset, spec, test, arch: str, seed: int, device) -> EvalResult:
         raise NotImplementedError
@@ -75,6 +77,18 @@ class Protocol:
         """One result per evaluation seed. A family that can train several networks at once overrides this;
         the result for a seed must not depend on which other seeds share the call (within float tolerance)."""
         return [self.evaluate(dset, spec, test, arch, seed, device) for seed in seeds]
+
+
+PRECISIONS = ("bf16", "fp32")
+
+
+def uses_bf16(card: dict) -> bool:
+    """True when the card's `precision` is bf16 (autocast on CUDA only; CPU always computes in fp32)."""
+    precision = card.get("precision")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"protocol {card.get('name')}: precision {precision!r} is not one of {', '.join(PRECISIONS)} "
+                          "(--set protocol.precision=fp32)")
+    return precision == "bf16"
 
 
 class ResourceMeter:

@@ -20,6 +20,7 @@ import torch
 from . import ddp
 from .data import get_dataset, list_files, load_split
 from .cellhash import cell_config_hash, check_weights, used_weights
+from .data.gates import check_class_order
 from .distilled import MANIFEST, DistilledSet
 from .errors import ConfigError, DataError
 from .method import Context, default_cache_dir, load_method
@@ -226,7 +227,7 @@ def evaluate_cells(dset, spec, protocol, keys, store, test, device, info, phases
                 results = protocol.evaluate_many(dset, spec, test, arch, [k["eval_seed"] for k in job], device,
                                                  progress=progress)
             for key, result in zip(job, results):
-                record = _record(key, result, meter.peak_mb, info, protocol, sha, dset, device, phases)
+                record = _record(key, result, meter.peak_mb, info, protocol, sha, dset, device, phases, spec)
                 if ddp.is_main():
                     store.add(record, replace=replace)
                 records.append(record)
@@ -234,21 +235,23 @@ def evaluate_cells(dset, spec, protocol, keys, store, test, device, info, phases
     return records
 
 
-def _record(key, result, peak_mb, info, protocol, sha, dset, device, phases) -> dict:
+def _record(key, result, peak_mb, info, protocol, sha, dset, device, phases, spec) -> dict:
     return {**key, "acc_last": result.acc_last, "acc_best": result.acc_best, "best_epoch": result.best_epoch,
             **info, "protocol_version": protocol.card.get("version", 1), "protocol_config": protocol.card,
             "distilled_sha256": sha, "distilled_path": str(dset.provenance.get("path", "")),
             "code_version": code_version(), "device": device_name(device), "hardware": hardware_info(device),
             "timings": {**phases["timings"], "evaluate": result.seconds},
             "peak_mem": {**phases["peak_mem"], "evaluate": max(result.peak_mem_mb, peak_mb)},
-            "curve": result.curve, "extra": _extra(result.extra, phases)}
+            "curve": result.curve, "extra": _extra(result.extra, phases, spec)}
 
 
-def _extra(extra: dict | None, phases: dict) -> dict | None:
-    """The protocol's extra fields plus the distilled set's metrics, when they were computed."""
-    if not phases.get("set_metrics"):
-        return extra
-    return {**(extra or {}), "set_metrics": phases["set_metrics"]}
+def _extra(extra: dict | None, phases: dict, spec) -> dict | None:
+    """The protocol's extra fields plus the set's metrics (when computed) and why the data are nonstandard."""
+    if phases.get("set_metrics"):
+        extra = {**(extra or {}), "set_metrics": phases["set_metrics"]}
+    if spec.nonstandard:  # allowed by --allow-nonstandard-subset: every record says so (ddbench.data.gates)
+        extra = {**(extra or {}), "nonstandard_subset": spec.nonstandard}
+    return extra
 
 
 def evaluate_folder(path: Path, dataset: str, name: str | None, protocol_name: str | None, archs, eval_seeds,
@@ -266,6 +269,7 @@ def evaluate_folder(path: Path, dataset: str, name: str | None, protocol_name: s
     dev = resolve_device(device)
     check_weights(used_weights("", {}, protocol, spec, options))
     dset = DistilledSet.load(path, classes=spec.classes, size=spec.resolution, channels=spec.channels)
+    check_class_order(dset.classes, spec, f"distilled set {path}")
     dset.provenance["path"] = str(path)
     cell_hash = cell_config_hash({"method_version": 0, "method_config": {}, "set_sha256": dset.sha256()},
                                  protocol, spec, options)
@@ -296,6 +300,7 @@ def distilled_set(method, ctx, req, spec, seed, out, prepared, log):
     if (folder / MANIFEST).exists():
         try:
             dset = DistilledSet.load(folder)
+            check_class_order(dset.classes, spec, f"cached set {folder}")  # made under another class list
             log(f"seed {seed}: reusing distilled set {folder}")
             dset.provenance["path"] = str(folder)
             return dset, {"timings": dset.provenance.get("phase_seconds", {}),

@@ -5,16 +5,24 @@ They serve SRe2L / CUDD (model inversion needs BatchNorm running statistics), th
 
     net = teacher_for(spec, "convnet3_bn", device, cache_dir, train_split)           # trained once, cached
     net = teacher_for(spec, "resnet18_tv", device, cache_dir, train, path="rn18.pth")  # ImageNet-1K weights
+    net = teacher_for(spec, None, device, cache_dir, train, path="imagenet-woof_conv5.pth")  # RDED's released file
+    teacher_identity(spec, None, None, "imagenet-woof_conv5.pth", cache_dir)  # arch, source, sha256, input side
 
 A trained teacher lives at `<cache>/teachers/<dataset>-<arch>-<hash of recipe>/`: `recipe.json` (the resolved
 recipe, the per-epoch training loss/accuracy, the time it took) and `weights.pt`. Training saves
 `checkpoint.pt` every `chunk_epochs` epochs (net, optimiser, generator state), so a killed run resumes.
+
+A teacher file that names its classes (a `classes` list in the checkpoint dict, or `<file>.json` beside it
+with `classes`) must list them in the dataset's order (`ddbench.data.gates.check_class_order`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +31,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .augment import hflip, normalize, random_resized_crop, to_float
+from . import teacher_rded
 from .config import config_hash
+from .data.gates import check_class_order
 from .errors import ConfigError, DataError
 from .safeload import load_tensors
 from .nets import build_net
@@ -139,6 +149,10 @@ def train_teacher(spec, train_split, arch: str, cfg: dict | None, device, cache_
     net = build_net(arch, spec.num_classes, spec.channels, int(recipe["input_size"]),
                     generator=torch.Generator().manual_seed(int(recipe["seed"])))
     if (folder / "weights.pt").exists():
+        if (folder / "recipe.json").exists():
+            classes = json.loads((folder / "recipe.json").read_text()).get("classes")
+            if classes is not None:
+                check_class_order(classes, spec, f"cached teacher {folder}")
         net.load_state_dict(load_tensors(folder / "weights.pt", "teacher weights", fix=CACHE_FIX))
         return net.eval()
     folder.mkdir(parents=True, exist_ok=True)
@@ -171,7 +185,7 @@ def train_teacher(spec, train_split, arch: str, cfg: dict | None, device, cache_
             _atomic_save({"net": net.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(),
                           "state": state}, folder / "checkpoint.pt")
     net.cpu().eval()
-    info = {"dataset": spec.name, "arch": arch, "recipe": recipe, "train_images": len(keep),
+    info = {"dataset": spec.name, "classes": list(spec.classes), "arch": arch, "recipe": recipe, "train_images": len(keep),
             "train_loss": state["loss"], "train_acc": state["acc"], "seconds": state["seconds"]}
     (folder / "recipe.json").write_text(json.dumps(info, indent=1))
     _atomic_save(net.state_dict(), folder / "weights.pt")
@@ -198,57 +212,105 @@ def _train_epoch(net, opt, images, labels, aug, gen, batch_size: int, base_lr: f
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Loading torchvision-format weights (e.g. the ImageNet-1K ResNet-18), cut to the subset's classes
+# Loading weights: torchvision-format state dicts (a 1000-way head is cut to the subset) and RDED's released files
 # ---------------------------------------------------------------------------------------------------------
 
+TORCHVISION_NAME = re.compile(r"^[a-z0-9_]+-[0-9a-f]{8}\.pth$")  # e.g. resnet18-f37072fd.pth (torch hub cache names)
 
-def _state_dict(path: Path) -> dict:
+
+def _state_dict(path: Path) -> tuple[dict, list | None]:
+    """(state dict without `module.` prefixes, the class list the checkpoint names or None)."""
     obj = load_tensors(path, "teacher weights", fix="expected a torch state dict file (--teacher / DDBENCH_TEACHER)")
+    classes = obj.get("classes") if isinstance(obj, dict) and isinstance(obj.get("classes"), (list, tuple)) else None
     for key in ("state_dict", "model", "net"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
     if not isinstance(obj, dict):
         raise DataError(f"{path} holds a {type(obj).__name__}, not a state dict")
-    return {k.removeprefix("module."): v for k, v in obj.items()}  # DataParallel checkpoints
+    return {k.removeprefix("module."): v for k, v in obj.items()}, classes  # DataParallel checkpoints
 
 
-def load_teacher(path, arch: str, spec, size: int | None = None) -> nn.Module:
-    """A teacher from a torchvision-format state dict; a 1000-way head is cut to rows `spec.imagenet_index`.
+def named_classes(path: Path, in_checkpoint: list | None) -> list | None:
+    """The class list a teacher file names: its `classes` entry, else `<file>.json` / `<stem>.json` beside it."""
+    if in_checkpoint is not None:
+        return list(in_checkpoint)
+    for side in (path.with_name(path.name + ".json"), path.with_suffix(".json")):
+        if side.is_file():
+            try:
+                classes = json.loads(side.read_text()).get("classes")
+            except (ValueError, AttributeError):
+                raise DataError(f"{side} is not a JSON object; a teacher manifest is {{\"classes\": [...]}}") from None
+            if classes is not None:
+                return list(classes)
+    return None
 
-    RDED's `pruning_classifier`: the subset's logits are the ImageNet-1K logits of its classes. A checkpoint
-    whose head already has `len(spec.classes)` outputs is loaded as it is. `size` (default: 224 for ImageNet
-    data, the stored resolution for embedded data) only matters for nets whose head depends on the input side.
+
+def load_teacher(path, arch: str | None, spec, size: int | None = None) -> nn.Module:
+    """A teacher from a weights file: RDED's released subset teachers by their file name, else a state dict.
+
+    A state dict's 1000-way head is cut to rows `spec.imagenet_index` (RDED's `pruning_classifier`: the subset's
+    logits are the ImageNet-1K logits of its classes); a head with `len(spec.classes)` outputs is loaded as it
+    is. `size` (default: 224 for ImageNet data, the stored resolution for embedded data) only matters for nets
+    whose head depends on the input side. `arch` None: the file's (RDED) or the dataset kind's default.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"teacher weights {path} do not exist; pass an existing file with --teacher")
-    state = _state_dict(path)
+    if teacher_rded.is_rded_file(path):
+        return load_rded_teacher(path, arch, spec)
+    arch = arch or default_arch(spec)
+    state, classes = _state_dict(path)
+    named = named_classes(path, classes)
+    if named is not None:
+        check_class_order(named, spec, f"teacher {path}")
     size = size or teacher_input_size(spec, path=path)
     head_keys = [k for k in state if k.endswith(("fc.weight", "classifier.weight"))]
     if not head_keys:
         raise DataError(f"{path} has no fc.weight / classifier.weight: not a classifier state dict for {arch}")
     rows = state[head_keys[-1]].shape[0]
-    net = build_net(arch, rows, spec.channels, size)
+    net = _built_and_loaded(path, arch, rows, spec.channels, size, state)
+    if rows == spec.num_classes:
+        return net.eval()
+    if spec.imagenet_index is None or rows != 1000:
+        raise DataError(f"{path} has a {rows}-way head but {spec.name} has {spec.num_classes} classes and "
+                        "no ImageNet-1K index to cut it by; use weights trained on this dataset")
+    _select_rows(net, spec.imagenet_index)
+    return net.eval()
+
+
+def load_rded_teacher(path: Path, arch: str | None, spec) -> nn.Module:
+    """RDED's `{subset}_{model}.pth` ({"model": state dict}, subset-way head), rows put in ddbench's class order."""
+    subset, rded_arch, _ = teacher_rded.parse_name(path, spec.name)
+    side = teacher_rded.input_side(path, spec.name)
+    if arch and arch != rded_arch:
+        raise ConfigError(f"{path.name} is RDED's {subset} {rded_arch} teacher, but teacher.arch is {arch!r}; "
+                          f"leave teacher.arch unset or set it to {rded_arch}")
+    net = _built_and_loaded(path, rded_arch, spec.num_classes, spec.channels, side, teacher_rded.read_state(path))
+    _select_rows(net, teacher_rded.row_order(spec.imagenet_index))
+    return net.eval()
+
+
+def _built_and_loaded(path: Path, arch: str, rows: int, channels: int, size: int, state: dict) -> nn.Module:
+    net = build_net(arch, rows, channels, size)
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
         detail = " ".join(str(e).split())[:300]
         raise DataError(f"{path} does not fit arch {arch!r} ({detail}). "
                         "Pass the arch the weights were trained with (e.g. --arch resnet18_tv).") from None
-    if rows == spec.num_classes:
-        return net.eval()
-    if spec.imagenet_index is None or rows != 1000:
-        raise DataError(f"{path} has a {rows}-way head but {spec.name} has {spec.num_classes} classes and "
-                        "no ImageNet-1K index to cut it by; use weights trained on this dataset")
+    return net
+
+
+def _select_rows(net: nn.Module, rows) -> None:
+    """Replace the head by its rows `rows` (in that order): label i's logit is the old logit rows[i]."""
     head: nn.Linear = net.classifier
-    keep = torch.tensor(spec.imagenet_index)
+    keep = torch.as_tensor(list(rows))
     cut = nn.Linear(head.in_features, len(keep), bias=head.bias is not None)
     with torch.no_grad():
         cut.weight.copy_(head.weight[keep])
         if head.bias is not None:
             cut.bias.copy_(head.bias[keep])
     net.classifier = cut
-    return net.eval()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -263,7 +325,6 @@ def teacher_for(spec, arch: str | None, device, cache_dir, train_split, cfg: dic
     `train_split` is a Split or a callable returning one (called only when training is needed).
     Returns the network in eval mode on `device`.
     """
-    arch = arch or default_arch(spec)
     if path:
         net = load_teacher(path, arch, spec)
     elif spec.num_classes >= 1000 and cfg is None:  # a multi-GPU-day job should never start by accident
@@ -271,12 +332,51 @@ def teacher_for(spec, arch: str | None, device, cache_dir, train_split, cfg: dic
                           "weights> (RDED/SRe2L/CUDD use torchvision's ImageNet-1K ResNet-18), or give an explicit "
                           "teacher recipe to train one here")
     else:
-        net = train_teacher(spec, train_split, arch, cfg, device, cache_dir, progress)
+        net = train_teacher(spec, train_split, arch or default_arch(spec), cfg, device, cache_dir, progress)
     return net.to(device).eval()
 
 
 def teacher_input_size(spec, cfg: dict | None = None, path=None) -> int:
-    """The input side the teacher expects (224 for loaded ImageNet weights, else the recipe's input_size)."""
+    """The input side the teacher expects (RDED's conv teachers: 128 on nette/woof/imagenet100; other loaded
+    ImageNet weights: 224; else the recipe's input_size)."""
+    if path and teacher_rded.is_rded_file(path):
+        return teacher_rded.input_side(path, spec.name)
     if path:
         return 224 if spec.kind != "embedded" else spec.resolution
     return int(resolve_recipe(spec, cfg)["input_size"])
+
+
+def teacher_identity(spec, arch: str | None, cfg: dict | None, path, cache_dir) -> dict:
+    """What a record says about the teacher: arch, source, sha256 of its weights file, input side.
+
+    source: "ddbench-trained", "rded-released:<file name>", "torchvision" (a torch-hub file name such as
+    resnet18-f37072fd.pth) or "user:<path>". Call it after `teacher_for` (a trained teacher's file exists then).
+    """
+    if path:
+        path = Path(path)
+        if teacher_rded.is_rded_file(path):
+            arch, source = teacher_rded.parse_name(path, spec.name)[1], f"rded-released:{path.name}"
+        else:
+            arch = arch or default_arch(spec)
+            source = "torchvision" if TORCHVISION_NAME.match(path.name) else f"user:{path.resolve()}"
+        return {"arch": arch, "source": source, "sha256": file_sha256(path),
+                "input_size": teacher_input_size(spec, path=path)}
+    arch, recipe = arch or default_arch(spec), resolve_recipe(spec, cfg)
+    weights = teacher_dir(cache_dir, spec, arch, recipe) / "weights.pt"
+    return {"arch": arch, "source": "ddbench-trained", "sha256": file_sha256(weights) if weights.exists() else None,
+            "input_size": int(recipe["input_size"])}
+
+
+def file_sha256(path) -> str:
+    """sha256 of a file's bytes, computed once per (path, size, modification time)."""
+    st = Path(path).stat()
+    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+
+
+@lru_cache(maxsize=32)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -44,7 +44,7 @@ FINETUNE = dict(
     lambda_r=0.002, lambda_d=0.008, memory_size=64,      # --lambda-pos / --lambda-neg / --memory-size
     difffit_blocks=None,                                 # None = the first half of the blocks (14 of 28)
     phase_classes=20,                                    # > 20 classes: phases of 20 (vimar-gu/MinimaxDiffusion#5)
-    hflip=True, seed=0, amp=True,                        # RandomHorizontalFlip; --global-seed 0
+    hflip=True, seed=0, precision="bf16",                # RandomHorizontalFlip; --global-seed 0; bf16 autocast on CUDA
     diffusion_steps=1000, beta_start=1e-4, beta_end=0.02,  # DiT's linear schedule (the base's, if it says)
     checkpoint_every=1000, log_every=100,
 )

@@ -246,7 +246,7 @@ def _step_loss(model, tables, batches, state: _State, cfg, amp: bool):
     x0, keys, cond = batches(state.step, state.gen)
     t = torch.randint(cfg["diffusion_steps"], (len(x0),), generator=state.gen).to(x0.device)
     noise = torch.randn(x0.shape, generator=state.gen).to(x0.device)
-    # bf16 autocast on CUDA (reference: fp32 with TF32 matmuls); finetune.amp=false restores fp32
+    # bf16 autocast on CUDA (reference: fp32 with TF32 matmuls); finetune.precision=fp32 restores fp32
     with torch.autocast("cuda", dtype=torch.bfloat16) if amp else contextlib.nullcontext():
         loss, x0_hat = diffusion_terms(model, tables, x0, cond, t, noise, generator=state.gen)
     rep, div = x0_hat.new_zeros(()), x0_hat.new_zeros(())
@@ -274,7 +274,9 @@ def finetune(model: DiT, images, keys, cond, cfg: dict, folder, key: dict, *, va
             log(f"minimax: resuming {folder.name} at step {state.step}")
     tables = diffusion_tables(cfg, device)
     total = total_steps(cfg, len(images))
-    end, amp = min(total, stop_at or total), cfg["amp"] and device.type == "cuda"
+    if cfg["precision"] not in ("bf16", "fp32"):
+        raise ConfigError(f"minimax finetune.precision {cfg['precision']!r} is not bf16 or fp32")
+    end, amp = min(total, stop_at or total), cfg["precision"] == "bf16" and device.type == "cuda"
     sums, count, t0 = torch.zeros(3, device=device), 0, time.perf_counter()
     steps = range(state.step, end)
     for _ in (track(steps, "minimax fine-tuning", len(steps)) if track else steps):

@@ -16,7 +16,7 @@ import torch
 
 from ddbench.augment import DSAugment, IDCAugment, Normalize, resize_center_crop, to_float, to_uint8
 from ddbench.errors import ConfigError, DataError
-from ddbench.protocol import EvalResult, Protocol, ResourceMeter
+from ddbench.protocol import EvalResult, Protocol, ResourceMeter, uses_bf16
 from ddbench.ddp import maybe_wrap_ddp
 from ddbench.train import CutMixCE
 from ddbench.train_many import evaluate_accuracies, step_bytes, train_classifiers
@@ -122,7 +122,7 @@ class HardLabelProtocol(Protocol):
         "dsa_strategy": "color_crop_cutout_flip_scale_rotate",
         "rrc_scale": [0.5, 1.0], "rrc_ratio": [0.75, 1.3333333333333333], "flip": 0.5, "jitter": 0.4,
         "lighting_std": 0.1, "mix": "none", "cutmix_beta": 1.0, "cutmix_p": 1.0, "eval_points": 10,
-        "eval_batch_size": 256, "amp": True, "channels_last": True,
+        "eval_batch_size": 256, "precision": "bf16", "channels_last": True,
     }
 
     def __init__(self, card: dict):
@@ -183,13 +183,13 @@ class HardLabelProtocol(Protocol):
 
             def eval_fn(models):
                 return evaluate_accuracies(models, test_x, test_y, test_tf, c["eval_batch_size"], device,
-                                           c["amp"], c["channels_last"])
+                                           uses_bf16(c), c["channels_last"])
 
             loss = CutMixCE(c["cutmix_beta"], c["cutmix_p"]) if c["mix"] == "cutmix" else "ce"
             hists = train_classifiers(
                 nets, train_x, labels, epochs=plan["epochs"], batch_size=plan["batch_size"],
                 optimizer=plan["optimizer"], schedule=plan["schedule"], augments=augments, loss=loss,
-                eval_fn=eval_fn, eval_every=plan["eval_every"], generators=gens, device=device, amp=c["amp"],
+                eval_fn=eval_fn, eval_every=plan["eval_every"], generators=gens, device=device, amp=uses_bf16(c),
                 channels_last=c["channels_last"], progress=progress, description=f"{self.name} {arch}")
         return [self._result(hist, plan, arch, size, len(labels), meter, len(seeds)) for hist in hists]
 

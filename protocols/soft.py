@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from ddbench.augment import center_crop, crop_resize, normalize, rrc_boxes, sample_beta, to_float
 from ddbench.config import config_hash
 from ddbench.errors import ConfigError, DataError
-from ddbench.protocol import EvalResult, Protocol, ResourceMeter
+from ddbench.protocol import EvalResult, Protocol, ResourceMeter, uses_bf16
 from ddbench.protocols.hard import aligned_labels, to_resolution
 from ddbench.ddp import maybe_wrap_ddp
 from ddbench.train import build_optimizer, device_generator, evaluate_accuracy, lr_factor
@@ -321,13 +321,13 @@ class SoftLabelProtocol(Protocol):
     family = "soft"
     defaults = {
         "arch": None, "arch_by_kind": {"embedded": "convnet3_bn", "imagenet": "resnet18_tv", "imagefolder": "resnet18_tv"},
-        "teacher": {"arch": None, "recipe": None, "path": None},
+        "teacher": {"arch": None, "recipe": None, "path": None, "min_acc_x_chance": 3.0},
         "labels": "online", "epochs": 300, "batch_size": None, "input_size": None, "temperature": 20.0,
         "optimizer": {"name": "adamw", "lr": 0.001, "weight_decay": 0.01, "wd_on_1d": False, "betas": [0.9, 0.999]},
         "schedule": {"name": "cosine_rded"}, "shuffle_patches": 2, "rrc_scale": [0.5, 1.0],
         "rrc_ratio": [0.75, 1.3333333333333333], "flip": 0.5, "cutmix_beta": 1.0, "extra_bn_forward": True,
         "eval_every": 10, "eval_offset": 9, "eval_after": 0.8, "eval_batch_size": 256, "label_seed": 42,
-        "test_resize_8_7": True, "amp": True,
+        "test_resize_8_7": True, "precision": "bf16",
     }
 
     def __init__(self, card: dict):
@@ -339,22 +339,24 @@ class SoftLabelProtocol(Protocol):
     def arch_for(self, spec) -> str:
         return self.card["arch"] or self.card["arch_by_kind"].get(spec.kind, "resnet18_tv")
 
-    def plan(self, n_images: int, spec) -> dict:
+    def plan(self, n_images: int, spec, teacher_size: int | None = None) -> dict:
+        """The resolved training plan; `teacher_size` (an RDED conv teacher's 128 px) replaces the default side."""
         c, k = self.card, spec.num_classes
         ipc = max(1, n_images // k)
-        size = int(c["input_size"] or (spec.resolution if spec.kind == "embedded" else 224))
+        size = int(c["input_size"] or teacher_size or (spec.resolution if spec.kind == "embedded" else 224))
         bs = int(c["batch_size"] or rded_batch_size(ipc, k))
         aug = {"shuffle_patches": c["shuffle_patches"], "rrc_scale": c["rrc_scale"], "rrc_ratio": c["rrc_ratio"],
                "flip": c["flip"], "cutmix_beta": c["cutmix_beta"], "size": size}
         return {"ipc": ipc, "epochs": int(c["epochs"]), "batch_size": min(bs, n_images), "aug": aug,
                 "optimizer": dict(c["optimizer"]), "schedule": dict(c["schedule"]),
-                "temperature": c["temperature"], "extra_bn_forward": bool(c["extra_bn_forward"]), "amp": bool(c["amp"]),
+                "temperature": c["temperature"], "extra_bn_forward": bool(c["extra_bn_forward"]), "amp": uses_bf16(c),
                 "eval_epochs": soft_eval_epochs(int(c["epochs"]), c["eval_every"], c["eval_offset"], c["eval_after"])}
 
     def teacher(self, spec, device):
+        """(frozen teacher net, identity for cache keys, the record's teacher dict without val_acc, cache dir)."""
         from ddbench.data import load_split
         from ddbench.method import default_cache_dir
-        from ddbench.teacher import teacher_for
+        from ddbench.teacher import teacher_for, teacher_identity
 
         t = self.card["teacher"]
         cache = Path(self.options.get("cache_dir") or default_cache_dir())
@@ -364,7 +366,19 @@ class SoftLabelProtocol(Protocol):
         for p in net.parameters():
             p.requires_grad_(False)
         ident = {"arch": t.get("arch"), "recipe": t.get("recipe"), "path": str(path) if path else None}
-        return net.eval(), ident, cache
+        info = teacher_identity(spec, t.get("arch"), t.get("recipe"), path, cache)
+        ident["sha256"] = info["sha256"]  # the weights themselves, not only where they were read from
+        return net.eval(), ident, info, cache
+
+    def check_teacher(self, info: dict, spec) -> None:
+        """Refuse a teacher below `min_acc_x_chance` × chance on the real validation split, before any student."""
+        floor = float(self.card["teacher"].get("min_acc_x_chance") or 0.0) * 100.0 / spec.num_classes
+        if info["val_acc"] < floor:
+            raise DataError(f"the {info['arch']} teacher ({info['source']}) reaches {info['val_acc']:.2f}% on the real "
+                            f"{spec.name} validation split, below the floor {floor:.2f}% "
+                            f"({self.card['teacher']['min_acc_x_chance']}x chance): its soft labels would teach noise. "
+                            "Check that the weights and their class order belong to this dataset; the floor is "
+                            "protocol.teacher.min_acc_x_chance")
 
     def test_images(self, test, spec, size: int, cache: Path, device):
         """RDED's test view Resize(size//7·8) + CenterCrop(size) for decoded data; embedded data as stored."""
@@ -381,7 +395,7 @@ class SoftLabelProtocol(Protocol):
         cache = self.__dict__.setdefault("_teacher_acc", {})
         if key not in cache:
             cache[key] = evaluate_accuracy(teacher, test_x, test_y, lambda x: normalize(x, spec.mean, spec.std),
-                                           self.card["eval_batch_size"], device)
+                                           self.card["eval_batch_size"], device, uses_bf16(self.card))
         return cache[key]
 
     def evaluate(self, dset, spec, test, arch: str | None, seed: int, device) -> EvalResult:
@@ -399,16 +413,19 @@ class SoftLabelProtocol(Protocol):
                             f"{spec.channels}; evaluate it with the dataset it was made from")
         with ResourceMeter(device) as meter:
             aligned_labels(dset, spec)  # checks the class names; the labels themselves come from the teacher
-            plan = self.plan(len(dset.images), spec)
-            teacher, ident, cache = self.teacher(spec, device)
+            teacher, ident, info, cache = self.teacher(spec, device)
+            # RDED trains its conv teacher-student pairs at the teacher's 128 px (argument.py)
+            plan = self.plan(len(dset.images), spec, info["input_size"] if info["source"].startswith("rded") else None)
             images = dset.images.to(device)
             size = plan["aug"]["size"]
             test_x, test_y = self.test_images(test, spec, size, cache, device)
+            info = {"arch": info["arch"], "source": info["source"], "sha256": info["sha256"],
+                    "val_acc": self.teacher_accuracy(teacher, ident, spec, test_x, test_y, device)}
+            self.check_teacher(info, spec)
             gens = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
             students = [maybe_wrap_ddp(build_net(arch, spec.num_classes, spec.channels, size, generator=g), device)
                         for g in gens]
-            extra = {"plan": plan, "arch": arch, "teacher": ident, "n_train": len(images),
-                     "teacher_test_acc": self.teacher_accuracy(teacher, ident, spec, test_x, test_y, device)}
+            extra = {"plan": plan, "arch": arch, "teacher": info, "n_train": len(images)}
             store = None
             if self.card["labels"] == "stored":
                 key = config_hash({"set": dset.sha256(), "teacher": ident, "plan": {**plan, "eval_epochs": None},
@@ -423,7 +440,7 @@ class SoftLabelProtocol(Protocol):
 
             def eval_fn(models):
                 return evaluate_accuracies(models, test_x, test_y, lambda x: normalize(x, spec.mean, spec.std),
-                                           self.card["eval_batch_size"], device)
+                                           self.card["eval_batch_size"], device, uses_bf16(self.card))
 
             curves = train_soft_many(students, images, teacher, plan, spec, gens, device, store=store,
                                      eval_fn=eval_fn, eval_epochs=plan["eval_epochs"], progress=progress)

@@ -14,7 +14,7 @@ from ddbench.methods.minimax_train import (ClassMemory, apply_difffit, diffusion
 
 SCHED = dict(diffusion_steps=1000, beta_start=1e-4, beta_end=0.02)
 CFG = dict(batch_size=8, seed=0, hflip=True, steps=8, epochs=None, lr=1e-2, weight_decay=0.0, memory_size=6,
-           lambda_r=0.002, lambda_d=0.008, ema_decay=0.9, log_every=4, checkpoint_every=3, amp=True, **SCHED)
+           lambda_r=0.002, lambda_d=0.008, ema_decay=0.9, log_every=4, checkpoint_every=3, precision="bf16", **SCHED)
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -24,6 +24,9 @@ def add_data_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-root", default=None, help="folder of an IDX dataset (fashion, mnist)")
     p.add_argument("--cache-dir", default=None, help="cache for decoded data, teachers, generators (env DDBENCH_CACHE)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--allow-nonstandard-subset", action="store_true",
+                   help="use an ImageNet subset whose per-class counts are not ILSVRC-2012's (e.g. the fastai "
+                        "imagenette2 download); every record says so (env DDBENCH_ALLOW_NONSTANDARD_SUBSET=1)")
 
 
 def add_model_options(p: argparse.ArgumentParser) -> None:
@@ -39,6 +42,10 @@ def add_models_at_once(p: argparse.ArgumentParser) -> None:
 
 
 def options_of(args) -> dict:
+    if getattr(args, "allow_nonstandard_subset", False):  # through the environment: sweep workers inherit it
+        from ..data.gates import ALLOW_ENV
+
+        os.environ[ALLOW_ENV] = "1"
     keys = ("imagenet_root", "data_root", "cache_dir", "dit", "vae", "teacher", "set_metrics", "models_at_once")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None)}
 

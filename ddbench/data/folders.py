@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ..errors import ConfigError, DataError
+from .gates import check_standard_subset
 from .images import decode_files
 from .spec import (IMAGE_EXTENSIONS, IMAGENET_MEAN, IMAGENET_STD, SPLITS, DatasetSpec, check_split,
                    imagenet_index, read_class_list, short_list)  # fmt: skip
@@ -45,7 +46,7 @@ def imagenet_spec(name: str, *, imagenet_root=None, data_root=None) -> DatasetSp
                        test_resolution=IMAGENET_TEST_RESOLUTION)  # fmt: skip
     for split in SPLITS:
         class_dirs(spec, split)  # fail now, before any work, when a class folder is missing
-    return spec
+    return check_standard_subset(spec)  # a fastai imagenette2 / imagewoof2 download is refused (or labelled)
 
 
 def imagefolder_spec(name: str, *, imagenet_root=None, data_root=None) -> DatasetSpec:

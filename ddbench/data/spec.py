@@ -5,6 +5,7 @@ Labels are always the position of a class in `spec.classes`, never the order of 
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -42,6 +43,7 @@ class DatasetSpec:
     root: str | None  # where the data is read from (None: shipped with a library)
     imagenet_index: tuple[int, ...] | None  # ImageNet-1K label per class (DiT conditioning), else None
     test_resolution: int  # side of the cached test images (224 for ImageNet subsets)
+    nonstandard: str | None = None  # what makes the data differ from the standard subset (allowed by the user)
 
     @property
     def num_classes(self) -> int:
@@ -88,7 +90,26 @@ def read_class_list(name: str) -> tuple[str, ...]:
     wnids = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
     if len(set(wnids)) != len(wnids):
         raise DataError(f"class list {path} repeats a wnid; each class must appear once")
+    expected = checked_in_sha256().get(path.name)
+    if expected != class_order_sha256(wnids):  # an edited list would silently relabel every class
+        raise DataError(f"class list {path} has class-order sha256 {class_order_sha256(wnids)[:12]} but "
+                        f"{CLASS_LIST_DIR / 'SHA256SUMS'} says {str(expected)[:12]}; restore the file (reinstall ddbench)")
     return wnids
+
+
+def class_order_sha256(classes) -> str:
+    """sha256 of a class order: the names one per line, each followed by a newline (= the list file's bytes)."""
+    return hashlib.sha256("".join(f"{c}\n" for c in classes).encode()).hexdigest()
+
+
+@lru_cache(maxsize=None)
+def checked_in_sha256() -> dict[str, str]:
+    """File name -> class-order sha256 of the checked-in lists (classes/SHA256SUMS, `sha256sum` format)."""
+    path = CLASS_LIST_DIR / "SHA256SUMS"
+    if not path.is_file():
+        raise DataError(f"{path} is missing; the ddbench installation is incomplete (reinstall it)")
+    pairs = (line.split() for line in path.read_text().splitlines() if line.strip())
+    return {name: digest for digest, name in pairs}
 
 
 def imagenet_index(wnids: tuple[str, ...]) -> tuple[int, ...]:
