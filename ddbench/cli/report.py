@@ -143,17 +143,18 @@ def _leaderboard_command(args) -> str:
     return " ".join(parts)
 
 
-@command("plot", "accuracy against IPC, or against distillation time, per method and network")
+@command("plot", "accuracy against IPC, or against distillation time: one figure per dataset × protocol")
 def cmd_plot(p: argparse.ArgumentParser):
     add_source_options(p)
     p.add_argument("--kind", choices=["ipc", "time"], default="ipc")
-    p.add_argument("--output", required=True, help="PNG file to write")
+    p.add_argument("--output", required=True,
+                   help="PNG name: one figure per dataset × protocol is written as NAME-<dataset>-<protocol>[-v<version>].png")
 
     def handler(args):
         from ..plots import PLOTS
 
-        w, h = PLOTS[args.kind](load_records(args), args.output, args.metric or "last")
-        print(f"wrote {args.output} ({w}×{h} px)")
+        for path, (w, h) in PLOTS[args.kind](load_records(args), args.output, args.metric or "last"):
+            print(f"wrote {path} ({w}×{h} px)")
     return handler
 
 
