@@ -59,13 +59,13 @@ class Cell:
 
     def text(self) -> str:
         if self.n is None:  # paper numbers with the digits the card gives (no invented precision)
-            return _printed(self.mean) + ("" if self.std is None else f" ± {_printed(self.std)}")
+            return printed(self.mean) + ("" if self.std is None else f" ± {printed(self.std)}")
         ci = DASH if self.ci is None else f"{self.ci:.2f}"
         mark = f"#{self.rank}" if self.rank is not None else f"n<{stats.MIN_RANKED}"
         return f"{self.mean:.2f} ± {ci} ({self.n}) {mark}"
 
 
-def _printed(x: float) -> str:
+def printed(x: float) -> str:
     text = f"{x:g}"
     return text if "." in text or "e" in text else text + ".0"  # YAML turns 90.0 into 90
 

@@ -11,6 +11,7 @@ records lack (records of older code) is shown as "–", never estimated. Definit
 """
 from __future__ import annotations
 
+import math
 import statistics
 from typing import Iterable, Mapping
 
@@ -79,10 +80,10 @@ def _seconds(s: float | None) -> str:
     return DASH if s is None or s != s else f"{s:.1f}"
 
 
-def budget_rows(records: Iterable[Mapping], metric: str = "last") -> dict[tuple, list[dict]]:
+def budget_rows(records: Iterable[Mapping], metric: str = "last", defaults=None) -> dict[tuple, list[dict]]:
     """(dataset, protocol, version, settings, family) -> one dict per line of its budget table."""
     field = METRICS[metric][0]
-    df = variant_summary(records, extra=budget_facts)
+    df = variant_summary(records, defaults, extra=budget_facts)
     out: dict[tuple, list[dict]] = {}
     if df.empty:
         return out
@@ -91,7 +92,7 @@ def budget_rows(records: Iterable[Mapping], metric: str = "last") -> dict[tuple,
         group = column_labels(group)
         lines = []
         for rec in group.itertuples(index=False):
-            facts = rec._asdict()
+            facts = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in rec._asdict().items()}
             s = stats.Summary(float(getattr(rec, f"{field}_mean")), float(getattr(rec, f"{field}_std")), int(rec.n))
             total = total_bytes(facts)
             lines.append({**facts, "acc": s, "total_bytes": total,

@@ -17,7 +17,7 @@ from typing import Iterable, Mapping
 import pandas as pd
 
 from . import stats
-from .leaderboard import DASH, METRICS, arch_order, load_reported, method_order, variant_summary
+from .leaderboard import DASH, METRICS, arch_order, load_reported, method_order, printed, variant_summary
 from .leaderboard_render import html_page, html_table, markdown_table
 
 
@@ -46,16 +46,17 @@ def reported_pairs() -> set[tuple[str, str]]:
     return pairs
 
 
-def reproduction_lines(records: Iterable[Mapping], metric: str = "best",
-                       reported: Mapping | None = None) -> list[Line]:
-    """One line per (reported cell × measured group); a reported cell nobody measured gets one "not run" line."""
+def reproduction_lines(records: Iterable[Mapping], metric: str = "best", reported: Mapping | None = None,
+                       defaults=None) -> list[Line]:
+    """One line per (reported cell × measured group); a reported cell nobody measured gets one "not run" line.
+    `reported`: as `load_reported` returns (default: every card's numbers); `defaults`: as in `build_tables`."""
     if metric not in METRICS:
         from .errors import ConfigError
 
         raise ConfigError(f"--metric {metric!r}: expected one of {', '.join(METRICS)}")
     field = METRICS[metric][0]
     reported = load_reported(reported_pairs()) if reported is None else reported
-    df = variant_summary(records)
+    df = variant_summary(records, defaults)
     measured: dict[tuple, list] = {}
     if not df.empty:
         own = df[(df["pvariant"] == "") & (df["mvariant"] == "")]  # the papers ran the cards' own settings
@@ -93,7 +94,7 @@ HEADER = ["dataset", "protocol", "IPC", "arch", "method", "reported", "measured"
 
 def _texts(x: Line) -> list[str]:
     mean, std = x.reported
-    rep = f"{mean:g}" + ("" if std is None else f" ± {std:g}")
+    rep = printed(mean) + ("" if std is None else f" ± {printed(std)}")
     if x.measured is None:
         got = DASH
     else:
