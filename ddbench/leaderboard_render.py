@@ -140,7 +140,8 @@ for (const th of document.querySelectorAll("table.sortable th")) {
 """
 STYLE = ("body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin-bottom:1em}"
          "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right;white-space:nowrap}"
-         "th{background:#f3f3f3;cursor:pointer}p{margin:.2em 0;max-width:70em;font-size:90%}")
+         "th{background:#f3f3f3;cursor:pointer;white-space:normal;max-width:12em;vertical-align:bottom}"
+         "p{margin:.2em 0;max-width:70em;font-size:90%}")
 
 
 def html_table(head: list[str], rows: list[list[str]], sort_values: list[list] | None = None) -> str:

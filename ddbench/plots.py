@@ -27,7 +27,7 @@ PANEL_IN = (5.0, 4.0)   # inches per panel (width, height)
 LEGEND_IN = 2.4         # inches right of the panels for the legend
 TITLE_IN = 0.8          # inches above the panels for the title (up to three lines)
 DPI = 100               # -> 500 × 400 px per panel, + 240 px legend, + 80 px title
-TITLE_CHARS = 70        # characters per title line per panel column (medium font, 500 px)
+TITLE_CHARS = 66        # characters per title line per panel column (medium font, 500 px)
 MAX_COLS = 3
 # 20 distinct colours; a registered method's colour is its position in the sorted registry, so it is the same in
 # every figure and every run. The reference line (random) is always grey.
@@ -247,7 +247,7 @@ def plot_time(records: Iterable[Mapping], output: str | Path, metric: str = "las
         ax.set_xscale("log")  # costs span orders of magnitude (selection: seconds, diffusion: hours)
         ax.set(xlabel="distillation time (s): prepare + distill", ylabel=f"{field} (%)")
 
-    return _figures(df, output, "accuracy vs distillation time", draw)
+    return _figures(df, output, "accuracy vs time", draw)
 
 
 PLOTS = {"ipc": plot_ipc, "time": plot_time}
