@@ -6,7 +6,7 @@
 - `teacher_params`, `teacher_bytes`: for a soft-label protocol, the teacher that must be shipped with the set
   to label it (parameters; bytes of its state dict as held in memory, buffers included).
 Stored soft labels (`fkd`) are counted by the protocol itself (`extra["soft_label_bytes"]`). Read by the
-budget tables: `ddbench.leaderboard_budget`, docs/leaderboards.md.
+budget tables: `ddbench.leaderboard.budget`, docs/leaderboards.md.
 """
 from __future__ import annotations
 

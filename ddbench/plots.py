@@ -153,7 +153,7 @@ def _draw_line(ax, line: pd.DataFrame, x: str, field: str, label: str, method: s
 
 
 def _family(df: pd.DataFrame) -> str:
-    from .leaderboard_render import FAMILIES
+    from .leaderboard.render import FAMILIES
 
     return FAMILIES.get(df["family"].iloc[0], "protocol family not recorded") if "family" in df else ""
 

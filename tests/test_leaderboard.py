@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from ddbench import leaderboard as lb
-from ddbench import leaderboard_render as render
+from ddbench.leaderboard import render
 from ddbench import plots
 from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
@@ -286,7 +286,7 @@ def test_plot_and_grid_commands(store_dir, tmp_path):
 
 
 def test_set_metrics_table_counts_each_set_once_and_averages_over_seeds():
-    from ddbench.leaderboard_sets import render_set_metrics
+    from ddbench.leaderboard.sets import render_set_metrics
 
     def rec(method, seed, eval_seed, sha, div, cov, mmd):
         return {"method": method, "dataset": "digits", "ipc": 10, "seed": seed, "eval_seed": eval_seed,

@@ -11,13 +11,13 @@ import torch
 from scipy import stats as sst
 
 from ddbench import leaderboard as lb
-from ddbench import leaderboard_render as render
+from ddbench.leaderboard import render
 from ddbench import stats
 from ddbench.budget import network_size, set_bytes
 from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
-from ddbench.leaderboard_budget import budget_rows, render_budget_markdown
-from ddbench.leaderboard_repro import render_reproduction_markdown, reproduction_lines, summaries
+from ddbench.leaderboard.budget import budget_rows, render_budget_markdown
+from ddbench.leaderboard.repro import render_reproduction_markdown, reproduction_lines, summaries
 
 
 def rec(method, acc, seed, *, ipc=10, arch="convnet3", eval_seed=0, protocol="dc", family="hard", chash=None,

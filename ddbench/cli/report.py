@@ -73,8 +73,8 @@ def cmd_leaderboard(p: argparse.ArgumentParser):
 
     def handler(args):
         from ..leaderboard import build_tables, load_reported
-        from ..leaderboard_render import RENDERERS, html_page, html_sections
-        from ..leaderboard_sets import render_set_metrics
+        from ..leaderboard.render import RENDERERS, html_page, html_sections
+        from ..leaderboard.sets import render_set_metrics
 
         records = load_records(args)
         command = _leaderboard_command(args)
@@ -94,13 +94,13 @@ def cmd_leaderboard(p: argparse.ArgumentParser):
         if args.set_metrics and args.format != "md":
             raise ConfigError("--set-metrics is written as markdown only; drop it or use --format md")
         if args.format == "html" and args.budget:
-            from ..leaderboard_budget import budget_html_sections
+            from ..leaderboard.budget import budget_html_sections
 
             text = html_page(html_sections(tables) + budget_html_sections(records, metric), command)
         else:
             text = RENDERERS[args.format](tables, command=command)
         if args.budget and args.format == "md":
-            from ..leaderboard_budget import render_budget_markdown
+            from ..leaderboard.budget import render_budget_markdown
 
             text += "\n" + render_budget_markdown(records, metric)
         if args.set_metrics:
@@ -110,7 +110,7 @@ def cmd_leaderboard(p: argparse.ArgumentParser):
 
 
 def _reproduction(records, args, command: str) -> str:
-    from ..leaderboard_repro import (render_reproduction_html, render_reproduction_markdown, reported_pairs,
+    from ..leaderboard.repro import (render_reproduction_html, render_reproduction_markdown, reported_pairs,
                                      reproduction_lines)
     from ..leaderboard import load_reported
 

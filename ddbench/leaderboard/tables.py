@@ -11,7 +11,7 @@ the numbers the papers print (method cards, `reported:`) sit next to each method
 "(reported)"; they are never ranked nor used for Δ: they were not measured here and use the papers' metric.
 
     tables = build_tables(store.query(dataset="woof"), metric="last", reported=load_reported([("woof", "idc")]))
-    print(render_markdown(tables))          # ddbench.leaderboard_render
+    print(render_markdown(tables))          # ddbench.leaderboard.render
 Layout, statistics and metric definitions: docs/leaderboards.md.
 """
 from __future__ import annotations
@@ -24,9 +24,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 import pandas as pd
 
-from . import stats
-from .errors import ConfigError
-from .store import SUMMARY_GROUP, summary
+from .. import stats
+from ..errors import ConfigError
+from ..store import SUMMARY_GROUP, summary
 
 # metric flag -> (record field, header text)
 METRICS = {
@@ -220,15 +220,15 @@ IGNORED_KEYS = {"name", "description", "citation"}  # text that cannot move a nu
 
 @lru_cache(maxsize=None)
 def _card_config_cached(kind: str, name: str, dataset: str, version: str | None) -> str | None:
-    from .errors import DDBenchError
+    from ..errors import DDBenchError
 
     try:
         if kind == "protocol":
-            from .protocol import load_protocol
+            from ..protocol import load_protocol
 
             card = cfg = load_protocol(name).card
         else:
-            from .method import resolve_method_config
+            from ..method import resolve_method_config
 
             card, cfg = resolve_method_config(name, dataset)
     except DDBenchError:  # an external set, or a card that no longer exists
@@ -369,7 +369,7 @@ def load_reported(pairs: Iterable[tuple[str, str]]) -> dict:
     Card layout: `reported: {<dataset>: {source: "...", <protocol>: {<ipc>: {<arch>: [mean, std]}}}}`;
     std is null when the paper prints none.
     """
-    from .method import list_methods, method_card
+    from ..method import list_methods, method_card
 
     wanted = set(pairs)
     out: dict = {}

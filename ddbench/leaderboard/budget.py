@@ -17,9 +17,9 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
-from . import stats
-from .leaderboard import DASH, METRICS, arch_order, column_labels, method_order, variant_summary
-from .leaderboard_render import FAMILIES, html_table, markdown_table
+from .. import stats
+from .tables import DASH, METRICS, arch_order, column_labels, method_order, variant_summary
+from .render import FAMILIES, html_table, markdown_table
 
 HEADER = ["IPC", "arch", "method", "accuracy (%)", "set", "labels", "teacher", "total", "acc / MB",
           "distill s", "eval s / model", "device"]
@@ -36,7 +36,7 @@ def _one(values: list):
 
 def budget_facts(records: list[Mapping]) -> dict:
     """Budget columns of one cell, from its records (each distilled set counted once, by sha256)."""
-    from .plots import distill_seconds
+    from ..plots import distill_seconds
 
     sets: dict = {}
     for r in records:

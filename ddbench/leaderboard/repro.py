@@ -16,9 +16,9 @@ from typing import Iterable, Mapping
 
 import pandas as pd
 
-from . import stats
-from .leaderboard import DASH, METRICS, arch_order, load_reported, method_order, printed, variant_summary
-from .leaderboard_render import html_page, html_table, markdown_table
+from .. import stats
+from .tables import DASH, METRICS, arch_order, load_reported, method_order, printed, variant_summary
+from .render import html_page, html_table, markdown_table
 
 
 @dataclass
@@ -37,7 +37,7 @@ class Line:
 
 def reported_pairs() -> set[tuple[str, str]]:
     """Every (dataset, protocol) that some method card reports numbers for."""
-    from .method import list_methods, method_card
+    from ..method import list_methods, method_card
 
     pairs = set()
     for name in list_methods():
@@ -51,7 +51,7 @@ def reproduction_lines(records: Iterable[Mapping], metric: str = "best", reporte
     """One line per (reported cell × measured group); a reported cell nobody measured gets one "not run" line.
     `reported`: as `load_reported` returns (default: every card's numbers); `defaults`: as in `build_tables`."""
     if metric not in METRICS:
-        from .errors import ConfigError
+        from ..errors import ConfigError
 
         raise ConfigError(f"--metric {metric!r}: expected one of {', '.join(METRICS)}")
     field = METRICS[metric][0]

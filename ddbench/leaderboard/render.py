@@ -12,8 +12,8 @@ import math
 
 import pandas as pd
 
-from . import stats
-from .leaderboard import BASELINE, DASH, METRICS, Row, Table, method_order
+from .. import stats
+from .tables import BASELINE, DASH, METRICS, Row, Table, method_order
 
 FAMILIES = {"hard": "hard labels", "soft": "soft labels"}
 
