@@ -15,7 +15,7 @@ from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
 from ddbench.method import resolve_method_config
 from ddbench.protocol import load_protocol
-from ddbench.store import ResultStore
+from ddbench.store import ResultStore, derived_config_hash
 
 
 # ---------------------------------------------------------------------- fixture store
@@ -60,7 +60,7 @@ Metric: acc_last = test accuracy (%) after the last training epoch: the honest n
 Cells: mean ± half-width of its 95% confidence interval (Student t, n − 1 dof) (n = runs = distillation seeds × evaluation seeds), then the rank in the row: #k; cells not significantly worse than the best of the rest share its rank (Welch's t-test, one-sided, p ≥ 0.05); n<3 = too few runs to rank; bold = rank 1.  
 Δ vs random: the best non-random method's mean minus random's, ± its 95% Welch interval; same protocol, network and IPC.  
 Protocol card: dc v1 (hard), card hash {card_hash}; no overrides.  
-Method cards @ config hash: random v1 @–, herding v2 @–, kcenter v2 @–; @– = older records without a config hash (grouped by card versions).
+Method cards @ config hash: random v1 @{random}, herding v2 @{herding}, kcenter v2 @{kcenter}; @rec-… = a hash derived on import from the card versions and configs of records of older code (made without one): they group by card versions as before.
 
 | IPC | arch | random | herding | kcenter | Δ vs random |
 |---:|---|---|---|---|---|
@@ -74,12 +74,14 @@ Metric: acc_last = test accuracy (%) after the last training epoch: the honest n
 Cells: mean ± half-width of its 95% confidence interval (Student t, n − 1 dof) (n = runs = distillation seeds × evaluation seeds), then the rank in the row: #k; cells not significantly worse than the best of the rest share its rank (Welch's t-test, one-sided, p ≥ 0.05); n<3 = too few runs to rank; bold = rank 1.  
 Δ vs random: the best non-random method's mean minus random's, ± its 95% Welch interval; same protocol, network and IPC.  
 Protocol card: dc v2 (hard), card hash {card_hash}; no overrides.  
-Method cards @ config hash: random v1 @–; @– = older records without a config hash (grouped by card versions).
+Method cards @ config hash: random v1 @{random2}; @rec-… = a hash derived on import from the card versions and configs of records of older code (made without one): they group by card versions as before.
 
 | IPC | arch | random | Δ vs random |
 |---:|---|---|---|
 | 1 | convnet3 | 40.00 ± – (1) n<3 | – |
-""".format(card_hash=lb.card_hash(load_protocol("dc").card))
+""".format(card_hash=lb.card_hash(load_protocol("dc").card),
+                 **{m: derived_config_hash(next(r for r in RECORDS if r["method"] == m))[:12]
+                    for m in ("random", "herding", "kcenter")}, random2=derived_config_hash(RECORDS[-1])[:12])
 
 
 @pytest.fixture()
@@ -151,10 +153,10 @@ def test_records_of_different_config_hashes_are_never_one_cell():
             dict(record("random", 1, "convnet3", 1, 22.0), config_hash="a" * 16),
             dict(record("random", 1, "convnet3", 0, 60.0), config_hash="b" * 16)]
     (table,) = lb.build_tables(recs)
-    assert [c for c, _ in table.columns] == ["random #aaaaaaaaaa", "random #bbbbbbbbbb"]
+    assert [c for c, _ in table.columns] == ["random @aaaaaaaaaaaa", "random @bbbbbbbbbbbb"]
     cells = table.rows[0].cells
-    assert (cells["random #aaaaaaaaaa"].mean, cells["random #aaaaaaaaaa"].n) == (21.0, 2)
-    assert (cells["random #bbbbbbbbbb"].mean, cells["random #bbbbbbbbbb"].n) == (60.0, 1)
+    assert (cells["random @aaaaaaaaaaaa"].mean, cells["random @aaaaaaaaaaaa"].n) == (21.0, 2)
+    assert (cells["random @bbbbbbbbbbbb"].mean, cells["random @bbbbbbbbbbbb"].n) == (60.0, 1)
 
 
 def test_html_bolds_and_escapes(store_dir):
@@ -166,10 +168,12 @@ def test_html_bolds_and_escapes(store_dir):
 def test_csv_is_long_form_with_gain(store_dir):
     rows = render.render_csv(lb.build_tables(stored(store_dir, protocol_version="1"))).splitlines()
     assert rows[0].startswith("dataset,protocol,protocol_version,family,metric,ipc,arch,method")
-    assert "digits,dc,1,hard,acc_last,10,convnet3,kcenter,2,,measured,85.5,0.0,1,,,3.5,,False" in rows
+    kcenter = derived_config_hash(next(r for r in RECORDS if r["method"] == "kcenter"))
+    assert f"digits,dc,1,hard,acc_last,10,convnet3,kcenter,2,{kcenter},measured,85.5,0.0,1,,,3.5,,False" in rows
     # herding 83 ± 2 (3) vs random 82 ± 2 (3): t(2)·2/√3 = 4.968; Welch se √(4/3 + 4/3), 4 dof: 2.776·1.633 = 4.534
     (herding,) = [r for r in rows if ",10,convnet3,herding," in r]
-    assert herding.startswith("digits,dc,1,hard,acc_last,10,convnet3,herding,2,,measured,83.0,2.0,3,4.96827542")
+    assert herding.startswith("digits,dc,1,hard,acc_last,10,convnet3,herding,2,rec-") and \
+        ",measured,83.0,2.0,3,4.96827542" in herding
     assert ",1,1.0,4.5339158" in herding and herding.endswith(",True")
     assert len(rows) == 1 + 6
 

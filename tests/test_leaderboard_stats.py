@@ -122,7 +122,7 @@ def test_config_hashes_split_columns_and_old_records_form_their_own_group():
     cells = table.rows[0].cells
     assert (cells["herding @–"].mean, cells["herding @–"].n) == (61.0, 3)  # never averaged with hashed runs
     assert table.config_hashes["herding @aaaa1111bbbb"] == "aaaa1111bbbb2222"
-    assert "@– = older records without a config hash" in render.notes(table)[-1]
+    assert "@– = records without a config hash (grouped by card versions)" in render.notes(table)[-1]
 
 
 def test_soft_table_header_names_teacher_card_hash_and_overrides():

@@ -50,8 +50,12 @@ def notes(t: Table) -> list[str]:
                    f"card hash {', '.join(t.card_hashes) or DASH}; {overrides}.")
     if t.family == "soft":
         out.append("Teacher: " + ("; ".join(_teacher(x) for x in t.teachers) or "not recorded") + ".")
-    out.append(f"Method cards @ config hash: {cards}; @– = older records without a config hash (grouped by card "
-               "versions)." if cards else "Method cards: nothing measured yet.")
+    hashes = [h for h in t.config_hashes.values()]
+    old = ("; @rec-… = a hash derived on import from the card versions and configs of records of older code "
+           "(made without one): they group by card versions as before" if any(h and h.startswith("rec-")
+                                                                                for h in hashes) else "") + \
+          ("; @– = records without a config hash (grouped by card versions)" if any(h is None for h in hashes) else "")
+    out.append(f"Method cards @ config hash: {cards}{old}." if cards else "Method cards: nothing measured yet.")
     if t.sources:
         out.append("(reported): numbers printed in the papers (mean ± the paper's std), not measured here (their "
                    "metric: best test epoch for the hard-label protocols); never ranked nor used for Δ. Sources: "
