@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from . import ddp
+from .budget import record_budget
 from .data import get_dataset, list_files, load_split
 from .cellhash import cell_config_hash, check_weights, used_weights
 from .data.gates import check_class_order
@@ -217,7 +218,7 @@ def evaluate_cells(dset, spec, protocol, keys, store, test, device, info, phases
     from .train_many import models_at_once as choose_k
 
     sha = dset.provenance.get("sha256") or dset.sha256()
-    records = []
+    records, budget = [], None
     for arch in dict.fromkeys(k["arch"] for k in keys):
         cells = [k for k in keys if k["arch"] == arch]
         planned = getattr(protocol, "step_bytes", None) if device.type == "cuda" and models_at_once is None else None
@@ -226,8 +227,10 @@ def evaluate_cells(dset, spec, protocol, keys, store, test, device, info, phases
             with PhaseMeter(device) as meter:
                 results = protocol.evaluate_many(dset, spec, test, arch, [k["eval_seed"] for k in job], device,
                                                  progress=progress)
+            budget = budget or record_budget(dset, protocol, spec, device)  # once per set: bytes and teacher size
             for key, result in zip(job, results):
                 record = _record(key, result, meter.peak_mb, info, protocol, sha, dset, device, phases, spec)
+                record["extra"] = {**(record["extra"] or {}), "budget": budget}
                 if ddp.is_main():
                     store.add(record, replace=replace)
                 records.append(record)

@@ -30,6 +30,9 @@ def test_run_records_every_cell_with_provenance_and_resumes(tmp_path):
         assert field in rec, field
     assert {"distill", "evaluate"} <= set(rec["timings"])
     assert 0.0 <= rec["acc_last"] <= 100.0
+    # the budget of the set as stored: its image files (2 per class), bookkeeping excluded; no teacher (hard labels)
+    pngs = sorted(Path(rec["distilled_path"]).rglob("*.png"))
+    assert len(pngs) == 20 and rec["extra"]["budget"] == {"set_bytes": sum(p.stat().st_size for p in pngs)}
     # second run: nothing new is distilled or evaluated, the same records come back
     logs = []
     again = run(_req(tmp_path), log=logs.append)

@@ -18,8 +18,9 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
                    help="read records from JSONL exports instead of --out (e.g. --jsonl leaderboards/raw/*.jsonl)")
     p.add_argument("--dataset", nargs="+", default=None, help="only these datasets")
     p.add_argument("--protocol", nargs="+", default=None, help="only these protocol cards")
-    p.add_argument("--metric", choices=["last", "best"], default="last",
-                   help="last: accuracy after the last epoch (honest, default); best: best test epoch (paper-compatible)")
+    p.add_argument("--metric", choices=["last", "best"], default=None,
+                   help="last: accuracy after the last epoch (honest; the default of tables and plots); best: best "
+                        "test epoch (paper-compatible; the default of --reproduction)")
 
 
 def load_records(args) -> list[dict]:
@@ -64,26 +65,63 @@ def cmd_leaderboard(p: argparse.ArgumentParser):
     p.add_argument("--output", default=None, help="write to FILE instead of stdout")
     p.add_argument("--set-metrics", action="store_true",
                    help="md: also a table per dataset of the distilled sets' diversity / coverage / MMD² (docs/metrics.md)")
+    p.add_argument("--budget", action="store_true",
+                   help="md/html: also a budget table per table: bytes the student needs, accuracy per MB, seconds")
+    p.add_argument("--reproduction", action="store_true",
+                   help="md/html: instead of the tables, every number the method cards report vs the measured one: "
+                        "Δ, z and a verdict (reproduced, within 2σ, gap, not run)")
 
     def handler(args):
-        from ..leaderboard import RENDERERS, build_tables, load_reported
-        from ..leaderboard_sets import render_set_metrics
+        from ..leaderboard import build_tables, load_reported
+        from ..leaderboard.render import RENDERERS, html_page, html_sections
+        from ..leaderboard.sets import render_set_metrics
 
         records = load_records(args)
+        command = _leaderboard_command(args)
+        if (args.budget or args.reproduction) and args.format == "csv":
+            raise ConfigError("--budget and --reproduction are written as md or html; use --format md or html")
+        if args.reproduction:
+            write_text(_reproduction(records, args, command), args.output)
+            return
+        metric = args.metric or "last"
         pairs = {(r["dataset"], r["protocol"]) for r in records}
         if args.reported:  # datasets asked for but not run yet still show the papers' numbers
             pairs |= {(d, pr) for d in args.dataset or [] for pr in args.protocol or []}
-        tables = build_tables(records, args.metric, load_reported(pairs) if args.reported else None)
+        tables = build_tables(records, metric, load_reported(pairs) if args.reported else None)
         if not tables:
             raise ConfigError("no results match these filters; nothing to tabulate (check --out/--jsonl, "
                               "--dataset and --protocol)")
         if args.set_metrics and args.format != "md":
             raise ConfigError("--set-metrics is written as markdown only; drop it or use --format md")
-        text = RENDERERS[args.format](tables, command=_leaderboard_command(args))
+        if args.format == "html" and args.budget:
+            from ..leaderboard.budget import budget_html_sections
+
+            text = html_page(html_sections(tables) + budget_html_sections(records, metric), command)
+        else:
+            text = RENDERERS[args.format](tables, command=command)
+        if args.budget and args.format == "md":
+            from ..leaderboard.budget import render_budget_markdown
+
+            text += "\n" + render_budget_markdown(records, metric)
         if args.set_metrics:
             text += "\n" + render_set_metrics(records)
         write_text(text, args.output)
     return handler
+
+
+def _reproduction(records, args, command: str) -> str:
+    from ..leaderboard.repro import (render_reproduction_html, render_reproduction_markdown, reported_pairs,
+                                     reproduction_lines)
+    from ..leaderboard import load_reported
+
+    pairs = {(d, pr) for d, pr in reported_pairs()
+             if (not args.dataset or d in args.dataset) and (not args.protocol or pr in args.protocol)}
+    metric = args.metric or "best"
+    lines = reproduction_lines(records, metric, load_reported(pairs))
+    if not lines:
+        raise ConfigError("no method card reports numbers for these --dataset/--protocol filters; nothing to compare")
+    render = render_reproduction_html if args.format == "html" else render_reproduction_markdown
+    return render(lines, metric, command)
 
 
 def _leaderboard_command(args) -> str:
@@ -93,28 +131,30 @@ def _leaderboard_command(args) -> str:
     for flag, values in (("--dataset", args.dataset), ("--protocol", args.protocol)):
         if values:
             parts.append(f"{flag} {' '.join(values)}")
-    if args.metric != "last":
+    if args.metric:
         parts.append(f"--metric {args.metric}")
     if args.reported:
         parts.append("--reported")
-    if getattr(args, "set_metrics", False):
-        parts.append("--set-metrics")
+    for flag in ("set_metrics", "budget", "reproduction"):
+        if getattr(args, flag, False):
+            parts.append("--" + flag.replace("_", "-"))
     if args.format != "md":
         parts.append(f"--format {args.format}")
     return " ".join(parts)
 
 
-@command("plot", "accuracy against IPC, or against distillation time, per method and network")
+@command("plot", "accuracy against IPC, or against distillation time: one figure per dataset × protocol")
 def cmd_plot(p: argparse.ArgumentParser):
     add_source_options(p)
     p.add_argument("--kind", choices=["ipc", "time"], default="ipc")
-    p.add_argument("--output", required=True, help="PNG file to write")
+    p.add_argument("--output", required=True,
+                   help="PNG name: one figure per dataset × protocol is written as NAME-<dataset>-<protocol>[-v<version>].png")
 
     def handler(args):
         from ..plots import PLOTS
 
-        w, h = PLOTS[args.kind](load_records(args), args.output, args.metric)
-        print(f"wrote {args.output} ({w}×{h} px)")
+        for path, (w, h) in PLOTS[args.kind](load_records(args), args.output, args.metric or "last"):
+            print(f"wrote {path} ({w}×{h} px)")
     return handler
 
 

@@ -1,22 +1,22 @@
-"""Leaderboard tables from the results store, in the papers' layout.
+"""Leaderboard tables from the results store, in the papers' layout, with their statistics.
 
-One table per (dataset, protocol, protocol version): rows IPC × evaluation network, one column per method
-(`random` first, then by name), cells "mean ± std (n)" over distillation seeds × evaluation seeds, the best
-measured cell of a row in bold, and a last column "Δ vs random" = the best non-random method's mean minus
-`random`'s mean in the same row (same dataset, protocol, IPC and network). Numbers made with `--set`
-overrides get a table (protocol settings) or a column (method settings) of their own, named by the values
-that differ from the card. With `reported`, the numbers the papers print (method cards, `reported:`) sit
-next to each method's column, marked "(reported)"; they are never bolded nor used for Δ: they were not
-measured here and use the papers' metric.
+One table per (dataset, protocol card, protocol version, protocol settings): a table holds one protocol family,
+so hard- and soft-label numbers never share a column or a ranking. Rows IPC × evaluation network, one column
+per method (`random` first, then by name; one per card version and per config hash), cells "mean ± 95 % CI (n)"
+over distillation seeds × evaluation seeds with the cell's rank in the row (ties by Welch's test; n < 3 marked,
+not ranked: `ddbench.stats`), and a last column "Δ vs random" = the best non-random method's mean minus
+`random`'s, with its own Welch interval. Numbers made with `--set` overrides get a table (protocol settings)
+or a column (method settings) of their own, named by the values that differ from the card. With `reported`,
+the numbers the papers print (method cards, `reported:`) sit next to each method's column, marked
+"(reported)"; they are never ranked nor used for Δ: they were not measured here and use the papers' metric.
 
     tables = build_tables(store.query(dataset="woof"), metric="last", reported=load_reported([("woof", "idc")]))
-    print(render_markdown(tables))
-Layout and metric definitions: docs/leaderboards.md.
+    print(render_markdown(tables))          # ddbench.leaderboard.render
+Layout, statistics and metric definitions: docs/leaderboards.md.
 """
 from __future__ import annotations
 
-import html
-import io
+import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -24,8 +24,9 @@ from typing import Any, Callable, Iterable, Mapping
 
 import pandas as pd
 
-from .errors import ConfigError
-from .store import SUMMARY_GROUP, summary
+from .. import stats
+from ..errors import ConfigError
+from ..store import SUMMARY_GROUP, summary
 
 # metric flag -> (record field, header text)
 METRICS = {
@@ -42,16 +43,29 @@ DASH = "–"
 @dataclass
 class Cell:
     mean: float
-    std: float | None              # None: a paper number printed without a spread
+    std: float | None              # sample std (n − 1) of the runs; the paper's std (None: none printed)
     n: int | None = None           # None: a reported (paper) number
+    family: str | None = None      # protocol family of a measured cell ("hard" | "soft")
+    rank: int | None = None        # rank in its row (None: n < 3, or a reported number)
+
+    @property
+    def summary(self) -> stats.Summary:
+        return stats.Summary(self.mean, self.std, self.n or 0, self.family)
+
+    @property
+    def ci(self) -> float | None:
+        """Half-width of the 95 % confidence interval of the mean; None for n < 2 or a paper number."""
+        return None if self.n is None else stats.interval(self.summary)
 
     def text(self) -> str:
         if self.n is None:  # paper numbers with the digits the card gives (no invented precision)
-            return _printed(self.mean) if self.std is None else f"{_printed(self.mean)} ± {_printed(self.std)}"
-        return f"{self.mean:.2f} ± {self.std:.2f} ({self.n})"
+            return printed(self.mean) + ("" if self.std is None else f" ± {printed(self.std)}")
+        ci = DASH if self.ci is None else f"{self.ci:.2f}"
+        mark = f"#{self.rank}" if self.rank is not None else f"n<{stats.MIN_RANKED}"
+        return f"{self.mean:.2f} ± {ci} ({self.n}) {mark}"
 
 
-def _printed(x: float) -> str:
+def printed(x: float) -> str:
     text = f"{x:g}"
     return text if "." in text or "e" in text else text + ".0"  # YAML turns 90.0 into 90
 
@@ -63,22 +77,25 @@ class Row:
     cells: dict[str, Cell] = field(default_factory=dict)      # column label -> measured cell
     reported: dict[str, Cell] = field(default_factory=dict)   # method name -> paper cell
 
-    def best_labels(self) -> set[str]:
-        """Column labels holding the highest measured mean of the row (ties: all of them)."""
-        if not self.cells:
-            return set()
-        top = max(c.mean for c in self.cells.values())
-        return {label for label, c in self.cells.items() if c.mean == top}
+    def rank(self) -> None:
+        """Set every measured cell's rank (ties: `stats.rank_row`)."""
+        for label, r in stats.rank_row({k: c.summary for k, c in self.cells.items()}).items():
+            self.cells[label].rank = r
 
-    def gain(self, baseline_label: str | None) -> tuple[float, str] | None:
-        """(best non-random mean − random mean, that method's label), or None when either is missing."""
+    def best_labels(self) -> set[str]:
+        """Column labels of rank 1 (the best ranked cell and every one not significantly worse)."""
+        return {label for label, c in self.cells.items() if c.rank == 1}
+
+    def gain(self, baseline_label: str | None) -> tuple[stats.Difference, str] | None:
+        """(best non-random mean − random mean with its Welch interval, that method's label), or None when
+        either is missing."""
         if baseline_label is None or baseline_label not in self.cells:
             return None
         others = {k: c for k, c in self.cells.items() if k != baseline_label}
         if not others:
             return None
         label = max(others, key=lambda k: (others[k].mean, k))
-        return others[label].mean - self.cells[baseline_label].mean, label
+        return stats.gain(others[label].summary, self.cells[baseline_label].summary), label
 
 
 @dataclass
@@ -92,6 +109,10 @@ class Table:
     rows: list[Row]
     sources: dict[str, str] = field(default_factory=dict)  # method -> where its reported numbers come from
     variant: str = ""                             # protocol settings that differ from the card ("epochs=20")
+    family: str | None = None                     # protocol family: "hard" | "soft"
+    card_hashes: list[str] = field(default_factory=list)   # sha256[:12] of the resolved protocol card(s)
+    config_hashes: dict[str, str | None] = field(default_factory=dict)  # column label -> record config_hash
+    teachers: list[dict] = field(default_factory=list)     # soft-label tables: extra["teacher"] of the records
 
     @property
     def baseline_label(self) -> str | None:
@@ -123,7 +144,7 @@ def build_tables(records: Iterable[Mapping], metric: str = "last",
     if metric not in METRICS:
         raise ConfigError(f"--metric {metric!r}: expected one of {', '.join(METRICS)}")
     field_name = METRICS[metric][0]
-    df = variant_summary(records, defaults)
+    df = variant_summary(records, defaults, extra=cell_facts)
     reported = reported or {}
     tables = []
     if not df.empty:
@@ -133,7 +154,8 @@ def build_tables(records: Iterable[Mapping], metric: str = "last",
             tables.append(_table(dataset, protocol, None if pd.isna(pversion) else pversion, metric, field_name,
                                  column_labels(group), paper, pvar))
     measured = {(t.dataset, t.protocol) for t in tables if not t.variant}
-    empty = pd.DataFrame(columns=["method", "method_version", "label"])
+    empty = pd.DataFrame(columns=["method", "method_version", "label", "config_hash", "family", "card_hash",
+                                  "teacher"])
     for (dataset, protocol), paper in reported.items():  # papers' numbers for data not run yet
         if (dataset, protocol) not in measured and paper:
             tables.append(_table(dataset, protocol, None, metric, field_name, empty, paper, ""))
@@ -142,16 +164,51 @@ def build_tables(records: Iterable[Mapping], metric: str = "last",
 
 def column_labels(group: pd.DataFrame) -> pd.DataFrame:
     """Column labels: the method name, + " v<version>" when it was measured under two card versions,
-    + " [key=value, ...]" when its config differs from its card's, + " #<config hash>" when records of one such
-    label still differ in config hash (data, weights, or a store migrated from schema 1): never one column."""
+    + " [key=value, ...]" when its config differs from its card's, + " @<config hash>" when the method has
+    numbers of two config hashes in the table ("@–": older records without one)."""
     group = group.copy()
     several = group.groupby("method")["method_version"].transform("nunique") > 1
+    hashes = group["config_hash"].fillna(NO_HASH)
+    many_hashes = hashes.groupby([group["method"], group["method_version"].fillna(""), group["mvariant"]]) \
+        .transform("nunique") > 1
     group["label"] = [m + (f" v{v}" if many else "") + (f" [{var}]" if var else "")
-                      for m, v, many, var in zip(group["method"], group["method_version"], several, group["mvariant"])]
-    hashes = group["config_hash"].fillna("") if "config_hash" in group else pd.Series("", index=group.index)
-    split = hashes.groupby(group["label"]).transform("nunique") > 1
-    group["label"] = [lb + (f" #{h[:10]}" if sp else "") for lb, h, sp in zip(group["label"], hashes, split)]
+                      + (f" @{h[:HASH_CHARS] if h != NO_HASH else DASH}" if split else "")
+                      for m, v, many, var, h, split in zip(group["method"], group["method_version"], several,
+                                                         group["mvariant"], hashes, many_hashes)]
     return group
+
+
+# ---------------------------------------------------------------------------------------------- cell facts
+HASH_CHARS = 12
+NO_HASH = ""   # records of older code carry no config_hash: they form one group of their own
+
+
+def card_hash(protocol_config: Mapping | None) -> str | None:
+    """sha256[:12] of a resolved protocol card (canonical JSON): names the exact settings in a table header."""
+    if protocol_config is None:
+        return None
+    text = json.dumps(protocol_config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
+
+
+def teacher_of(record: Mapping) -> dict | None:
+    """A soft-label record's teacher: extra["teacher"] = {arch, source, val_acc, sha256}. Older records have
+    no `source`/`val_acc`; their measured `extra.teacher_test_acc` is shown as the accuracy (same split)."""
+    extra = record.get("extra") or {}
+    t = extra.get("teacher")
+    if not isinstance(t, Mapping):
+        return None
+    acc = t.get("val_acc", extra.get("teacher_test_acc"))
+    return {"arch": t.get("arch"), "source": t.get("source"), "val_acc": acc, "sha256": t.get("sha256")}
+
+
+def cell_facts(records: list[Mapping]) -> dict:
+    """The columns `build_tables` adds to each cell: protocol family, card hash(es) and teacher(s)."""
+    families = sorted({(r.get("protocol_config") or {}).get("family") or "" for r in records})
+    teachers = sorted({json.dumps(t, sort_keys=True) for r in records if (t := teacher_of(r)) is not None})
+    return {"family": "/".join(families), "card_hash": " ".join(sorted({card_hash(r.get("protocol_config")) or DASH
+                                                                         for r in records})),
+            "teacher": "\n".join(teachers)}
 
 
 # ---------------------------------------------------------------------------------------------- variants
@@ -163,15 +220,15 @@ IGNORED_KEYS = {"name", "description", "citation"}  # text that cannot move a nu
 
 @lru_cache(maxsize=None)
 def _card_config_cached(kind: str, name: str, dataset: str, version: str | None) -> str | None:
-    from .errors import DDBenchError
+    from ..errors import DDBenchError
 
     try:
         if kind == "protocol":
-            from .protocol import load_protocol
+            from ..protocol import load_protocol
 
             card = cfg = load_protocol(name).card
         else:
-            from .method import resolve_method_config
+            from ..method import resolve_method_config
 
             card, cfg = resolve_method_config(name, dataset)
     except DDBenchError:  # an external set, or a card that no longer exists
@@ -215,12 +272,13 @@ def _flat(d: Mapping, prefix: str = ""):
 
 
 def variant_summary(records: Iterable[Mapping], defaults=None, extra: Callable | None = None) -> pd.DataFrame:
-    """`store.summary` rows as a DataFrame, split by settings: columns `pvariant` / `mvariant` hold the
-    protocol / method settings that differ from the card ("" = the card's own). `extra(group_records)`
-    -> dict adds columns computed from each row's records."""
+    """`store.summary` rows as a DataFrame, split by settings and by config hash: columns `pvariant` /
+    `mvariant` hold the protocol / method settings that differ from the card ("" = the card's own),
+    `config_hash` the records' hash (None: older records without one, grouped by card versions as before).
+    `extra(group_records)` -> dict adds columns computed from each row's records."""
     frames = []
-    for (pvar, mvar), part in _by_variant(records, defaults or card_config).items():
-        frame = pd.DataFrame(summary(part)).assign(pvariant=pvar, mvariant=mvar)
+    for (pvar, mvar, chash), part in _by_variant(records, defaults or card_config).items():
+        frame = pd.DataFrame(summary(part)).assign(pvariant=pvar, mvariant=mvar, config_hash=chash or None)
         if extra is not None:
             groups: dict[tuple, list] = {}
             for r in part:
@@ -235,14 +293,14 @@ def _text(v: Any) -> str | None:
     return None if v is None else str(v)
 
 
-def _by_variant(records: Iterable[Mapping], defaults) -> dict[tuple[str, str], list[Mapping]]:
-    out: dict[tuple[str, str], list[Mapping]] = {}
+def _by_variant(records: Iterable[Mapping], defaults) -> dict[tuple[str, str, str], list[Mapping]]:
+    out: dict[tuple[str, str, str], list[Mapping]] = {}
     for r in records:
         pvar = config_diff(r.get("protocol_config"), defaults("protocol", r["protocol"], r["dataset"],
                                                               r.get("protocol_version")))
         mvar = config_diff(r.get("method_config"), defaults("method", r["method"], r["dataset"],
                                                             r.get("method_version")))
-        out.setdefault((pvar, with_label_keys(mvar, r)), []).append(r)
+        out.setdefault((pvar, with_label_keys(mvar, r), r.get("config_hash") or NO_HASH), []).append(r)
     return out
 
 
@@ -271,11 +329,19 @@ def with_label_keys(mvar: str, record: Mapping) -> str:
 
 def _table(dataset, protocol, pversion, metric, field_name, group: pd.DataFrame, paper: Mapping,
            variant: str) -> Table:
+    families = sorted(set("/".join(group["family"]).split("/")) - {""})
+    if len(families) > 1:  # one card version changed family without a version bump: never rank them together
+        raise ConfigError(f"{dataset} · protocol {protocol} v{pversion}: records of protocol families "
+                          f"{', '.join(families)} under one card version; hard- and soft-label results cannot "
+                          "share a table — bump the protocol card's version when its family changes")
+    family = families[0] if families else None
     rows: dict[tuple[int, str], Row] = {}
     for rec in group.itertuples(index=False):
         row = rows.setdefault((int(rec.ipc), rec.arch), Row(int(rec.ipc), rec.arch))
         row.cells[rec.label] = Cell(float(getattr(rec, f"{field_name}_mean")), float(getattr(rec, f"{field_name}_std")),
-                                    int(rec.n))
+                                    int(rec.n), family)
+    for row in rows.values():
+        row.rank()
     for method, entry in paper.items():
         for (ipc, arch), (mean, std) in entry["cells"].items():
             rows.setdefault((int(ipc), arch), Row(int(ipc), arch)).reported[method] = Cell(float(mean), None if std is None else float(std))
@@ -290,16 +356,20 @@ def _table(dataset, protocol, pversion, metric, field_name, group: pd.DataFrame,
         if name in paper:
             columns.append((name, "reported"))
     ordered = [rows[k] for k in sorted(rows, key=lambda k: (k[0], arch_order(k[1])))]
+    card_hashes = sorted(set(" ".join(group["card_hash"]).split()))
+    teachers = [json.loads(t) for t in sorted(set("\n".join(group["teacher"]).split("\n")) - {""})]
+    hashes = {lb: (None if h is None or pd.isna(h) else h) for lb, h in zip(group["label"], group["config_hash"])}
     return Table(dataset, protocol, pversion, metric, columns, versions, ordered,
-                 {m: e.get("source", "") for m, e in paper.items()}, variant)
+                 {m: e.get("source", "") for m, e in paper.items()}, variant, family, card_hashes, hashes, teachers)
 
 
 def load_reported(pairs: Iterable[tuple[str, str]]) -> dict:
     """The `reported:` numbers of every registered method card for the given (dataset, protocol) pairs.
 
-    Card layout: `reported: {<dataset>: {source: "...", <protocol>: {<ipc>: {<arch>: [mean, std]}}}}`.
+    Card layout: `reported: {<dataset>: {source: "...", <protocol>: {<ipc>: {<arch>: [mean, std]}}}}`;
+    std is null when the paper prints none.
     """
-    from .method import list_methods, method_card
+    from ..method import list_methods, method_card
 
     wanted = set(pairs)
     out: dict = {}
@@ -310,10 +380,9 @@ def load_reported(pairs: Iterable[tuple[str, str]]) -> dict:
             cells = {}
             for ipc, per_arch in per_ipc.items():
                 for arch, value in (per_arch or {}).items():
-                    if not (isinstance(value, (list, tuple)) and len(value) == 2):
+                    if not (isinstance(value, (list, tuple)) and len(value) == 2 and value[0] is not None):
                         raise ConfigError(f"method card {name}: reported.{dataset}.{protocol}.{ipc}.{arch} = "
-                                          f"{value!r}; expected [mean, std]")
-                    # a paper that prints no spread has std null
+                                          f"{value!r}; expected [mean, std] (std null when the paper gives none)")
                     cells[(int(ipc), str(arch))] = (float(value[0]), None if value[1] is None else float(value[1]))
             if cells:
                 out.setdefault((dataset, protocol), {})[name] = {
@@ -321,100 +390,3 @@ def load_reported(pairs: Iterable[tuple[str, str]]) -> dict:
     return out
 
 
-# ---------------------------------------------------------------------------------------------- headers
-
-def _title(t: Table) -> str:
-    version = f" v{t.protocol_version}" if t.protocol_version is not None else ""
-    variant = f" · modified: {t.variant}" if t.variant else ""
-    return f"{t.dataset} · protocol {t.protocol}{version}{variant}"
-
-
-def _notes(t: Table) -> list[str]:
-    field_name, meaning = METRICS[t.metric]
-    cards = ", ".join(f"{label} v{v}" if v is not None else f"{label} (no version)" for label, v in sorted(t.versions.items(), key=lambda kv: method_order(kv[0])))
-    notes = [f"Metric: {field_name} = {meaning}.",
-             "Cells: mean ± std (n) over distillation seeds × evaluation seeds; bold = best measured in the row.",
-             f"Δ vs random: the best non-random method's mean minus {BASELINE}'s, same protocol, network and IPC.",
-             f"Method cards: {cards}." if cards else "Method cards: nothing measured yet."]
-    if t.sources:
-        notes.append("(reported): numbers printed in the papers, not measured here (their metric: best test epoch "
-                     "for the hard-label protocols); never bolded nor used for Δ. Sources: "
-                     + "; ".join(f"{m}: {s}" for m, s in sorted(t.sources.items())) + ".")
-    return notes
-
-
-def _header(t: Table) -> list[str]:
-    return ["IPC", "arch"] + [f"{lb} (reported)" if kind == "reported" else lb for lb, kind in t.columns] + \
-        ["Δ vs random"]
-
-
-def _row_texts(t: Table, row: Row, bold) -> list[str]:
-    best = row.best_labels()
-    out = [str(row.ipc), row.arch]
-    for label, kind in t.columns:
-        cell = (row.reported if kind == "reported" else row.cells).get(label)
-        text = DASH if cell is None else cell.text()
-        out.append(bold(text) if kind == "measured" and label in best else text)
-    gain = row.gain(t.baseline_label)
-    out.append(DASH if gain is None else f"{gain[0]:+.2f} ({gain[1]})")
-    return out
-
-
-# ---------------------------------------------------------------------------------------------- renderers
-
-def render_markdown(tables: list[Table], command: str = "ddbench leaderboard") -> str:
-    parts = [f"<!-- generated by `{command}` from the results store; do not edit by hand -->\n"]
-    for t in tables:
-        lines = [f"## {_title(t)}", ""] + [f"{n}  " for n in _notes(t)[:-1]] + [_notes(t)[-1], ""]
-        header = _header(t)
-        lines.append("| " + " | ".join(header) + " |")
-        lines.append("|" + "|".join(["---:", "---"] + ["---"] * (len(header) - 2)) + "|")
-        for row in t.rows:
-            lines.append("| " + " | ".join(_row_texts(t, row, lambda s: f"**{s}**")) + " |")
-        parts.append("\n".join(lines) + "\n")
-    return "\n".join(parts)
-
-
-def render_html(tables: list[Table], command: str = "ddbench leaderboard") -> str:
-    esc = html.escape
-    body = [f"<!-- generated by {esc(command)} from the results store; do not edit by hand -->"]
-    for t in tables:
-        body.append(f"<h2>{esc(_title(t))}</h2>")
-        body += [f"<p>{esc(n)}</p>" for n in _notes(t)]
-        body.append("<table>\n<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in _header(t)) + "</tr></thead>\n<tbody>")
-        for row in t.rows:
-            # escape first, then wrap: the bold marker must not be escaped
-            texts = _row_texts(t, row, lambda s: f"\0{s}\1")
-            cells = [esc(s).replace("\0", "<strong>").replace("\1", "</strong>") for s in texts]
-            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        body.append("</tbody>\n</table>")
-    style = "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}"
-    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>ddbench leaderboard</title>"
-            f"<style>{style}</style></head>\n<body>\n" + "\n".join(body) + "\n</body></html>\n")
-
-
-def render_csv(tables: list[Table]) -> str:
-    """Long form, one line per (table, row, column): for analysis, not for reading."""
-    lines = []
-    for t in tables:
-        gain_base = t.baseline_label
-        for row in t.rows:
-            for label, kind in t.columns:
-                cell = (row.reported if kind == "reported" else row.cells).get(label)
-                if cell is None:
-                    continue
-                base = row.cells.get(gain_base) if gain_base else None
-                lines.append({"dataset": t.dataset, "protocol": t.protocol, "protocol_version": t.protocol_version,
-                              "metric": METRICS[t.metric][0], "ipc": row.ipc, "arch": row.arch, "method": label,
-                              "method_version": t.versions.get(label) if kind == "measured" else None,
-                              "source": kind, "mean": cell.mean, "std": cell.std, "n": cell.n,
-                              "gain_vs_random": cell.mean - base.mean if kind == "measured" and base else None,
-                              "best_in_row": kind == "measured" and label in row.best_labels()})
-    buf = io.StringIO()
-    pd.DataFrame(lines, columns=["dataset", "protocol", "protocol_version", "metric", "ipc", "arch", "method",
-                                 "method_version", "source", "mean", "std", "n", "gain_vs_random",
-                                 "best_in_row"]).astype({"n": "Int64"}).to_csv(buf, index=False, lineterminator="\n")
-    return buf.getvalue()
-
-
-RENDERERS = {"md": render_markdown, "html": render_html, "csv": lambda tables, command=None: render_csv(tables)}

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping
 
 import pandas as pd
 
-from .leaderboard import method_order
+from .tables import method_order
 
 SHOWN = (("diversity", "↑"), ("coverage", "↓"), ("mmd2", "↓"))
 
