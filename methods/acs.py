@@ -266,9 +266,10 @@ class ACS(Method):
                                                                 ctx.spec, self.cfg["disc"], seeds[1], ctx.device)
             decode = differentiable_decoder(gen)
 
-            def hooks_for(idx: torch.Tensor):
+            def adversarial_hooks(idx: torch.Tensor):
                 hooks.append(AdversarialGuidance(disc, decode, disc_input, y[idx].to(ctx.device), self.cfg["g"]))
                 return [hooks[-1]]
+            hooks_for = adversarial_hooks
         t2 = time.perf_counter()
         batch = self.cfg["guided_batch_size"] if guided else None
         out = sample_batches(ctx, gen, bcfg, y, noise, keep, seeds[0], hooks_for, batch, f"ACS curriculum {i + 1}")

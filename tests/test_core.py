@@ -1,5 +1,4 @@
 """Registry, configuration and distilled-set I/O."""
-import json
 
 import pytest
 import torch

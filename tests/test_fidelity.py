@@ -126,7 +126,7 @@ def test_idc_epochs_follow_the_code_and_idc_mgd3_the_appendix():
 
 
 def test_acs_columns_name_their_guidance_scale():
-    from ddbench.leaderboard import with_label_keys
+    from ddbench.leaderboard.tables import with_label_keys
     from ddbench.method import resolve_method_config
 
     cfg = resolve_method_config("acs", "fashion")[1]

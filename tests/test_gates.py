@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ddbench import runner
+from ddbench import cellhash, runner
 from ddbench import teacher as teacher_mod
 from ddbench.cli.options import options_of
 from ddbench.data import get_dataset
@@ -138,6 +138,9 @@ class _FixedProtocol:
     def evaluate(self, dset, spec, test, arch, seed, device):
         return EvalResult.from_curve([(1, 50.0)], 0.0, 0.0, {"plan": {}})
 
+    def evaluate_many(self, dset, spec, test, arch, seeds, device, progress=None):
+        return [self.evaluate(dset, spec, test, arch, seed, device) for seed in seeds]
+
 
 def test_every_record_says_the_subset_is_nonstandard(tmp_path):
     spec = DatasetSpec(name="nette", classes=("a", "b"), resolution=8, channels=1, mean=(0.5,), std=(0.25,),
@@ -154,8 +157,8 @@ def test_every_record_says_the_subset_is_nonstandard(tmp_path):
     assert len(stored) == 2
     assert all(r["extra"]["nonstandard_subset"] == "the fastai imagenette2 download" for r in records + stored)
     # other data, another cell: the reason is part of the dataset identity the config hash covers
-    assert runner.dataset_identity(spec)["nonstandard"] == "the fastai imagenette2 download"
-    assert "nonstandard" not in runner.dataset_identity(replace(spec, nonstandard=None))
+    assert cellhash.dataset_identity(spec)["nonstandard"] == "the fastai imagenette2 download"
+    assert "nonstandard" not in cellhash.dataset_identity(replace(spec, nonstandard=None))
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import torch
 
 from ddbench.data import DatasetSpec, Split
 from ddbench.diffusion import train as T
-from ddbench.diffusion.generator import Generator, frechet_distance, generator_quality, load_generator
+from ddbench.diffusion.generator import frechet_distance, generator_quality, load_generator
 from ddbench.errors import ConfigError
 from ddbench.method import Context
 

@@ -1,5 +1,4 @@
 """End to end: dataset → method → distilled set → protocol → records, with resume and bad input."""
-import json
 import sqlite3
 import subprocess
 import sys
@@ -122,12 +121,14 @@ BAD = [
      "--set protocol.epochs=-3: expected a whole number ≥ 1"),
     (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--set", "protocol.optimizer.lr=-1"],
      "--set protocol.optimizer.lr=-1: expected a number ≥ 0"),
-    (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--set", "protocol.amp=maybe"],
-     "--set protocol.amp='maybe': expected true or false"),
+    (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--set", "protocol.channels_last=maybe"],
+     "--set protocol.channels_last='maybe': expected true or false"),
+    (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--set", "protocol.precision=fp16"],
+     "protocol dc: precision 'fp16' is not one of bf16, fp32"),
     (["run", "--method", "herding", "--dataset", "digits", "--ipc", "1", "--set", "feature_recipe.epochs=2.5"],
      "--set feature_recipe.epochs=2.5: expected a whole number ≥ 1"),
     (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--set", "nosuch.key=1"],
-     "Protocol settings are set with --set protocol.KEY=VALUE; dc has: amp, arch, augment, batch_size"),
+     "Protocol settings are set with --set protocol.KEY=VALUE; dc has: arch, augment, batch_size"),
     (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--arch", "timm:resnet_nosuch"],
      "timm has no model 'resnet_nosuch'"),
 ]

@@ -121,9 +121,12 @@ def test_shipped_grids_expand(tmp_path):
         if name == "embedded":  # evaluation seeds by IPC (3 / 2 / 1); fashion IPC 10 also under rded (1 seed),
             seeds = {1: 3, 10: 2, 50: 1}  # except for the coreset selections herding / kcenter
             rded = {"random", "dit", "minimax", "mgd3", "acs", "acs-minimax", "sre2l", "cudd"}
-            assert all(len(plan.evals_of(d)) == seeds[c.ipc] + (c.dataset == "fashion" and c.ipc == 10
-                                                                and c.label in rded)
-                       for d, c in plan.distills.items())
+            igd = {"dit", "minimax", "mgd3", "igd", "igd-minimax"}  # three evaluation models at IPC 1 and 10
+
+            def expected(c):
+                dc_seeds = 3 if c.label in igd and c.ipc in (1, 10) else seeds[c.ipc]
+                return dc_seeds + (c.dataset == "fashion" and c.ipc == 10 and c.label in rded)
+            assert all(len(plan.evals_of(d)) == expected(c) for d, c in plan.distills.items())
             assert {e.arch for e in plan.evals.values()} == {"convnet3", "convnet3_bn"}
         else:  # three networks (convnet6, resnetap10, resnet18) for idc, one for imagenet1k's rded
             assert all(len(plan.evals_of(d)) == (1 if "imagenet1k" in d else 3) for d in plan.distills)

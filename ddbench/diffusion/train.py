@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from ddbench.config import deep_merge
 from ddbench.diffusion.dit import DiT

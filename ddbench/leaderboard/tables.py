@@ -307,8 +307,8 @@ def _by_variant(records: Iterable[Mapping], defaults) -> dict[tuple[str, str, st
 @lru_cache(maxsize=None)
 def label_keys(method: str) -> tuple[str, ...]:
     """Config keys a method card names in every column label (`label_keys:`, e.g. ACS's guidance scale g)."""
-    from .errors import DDBenchError
-    from .method import method_card
+    from ..errors import DDBenchError
+    from ..method import method_card
 
     try:
         return tuple(method_card(method).get("label_keys") or ())
