@@ -3,6 +3,7 @@
     python benchmarks/fastpath_compare.py --dataset fashion --ipc 10 --eval-seeds 0-9       # the docs' run
     python benchmarks/fastpath_compare.py --quick                                           # tiny generator
     python benchmarks/fastpath_compare.py --eval-seeds none                                 # pixels only
+    python benchmarks/fastpath_compare.py --dataset digits --set protocol.epochs=100 --set protocol.eval_points=1
 
 Distils `dit` twice with the same distillation seed — `autocast=false` (exact fp32) and `autocast=true` (bf16
 DiT forward and VAE decode; on a CPU this is CPU bf16 autocast, labelled so) — then prints one JSON line of
@@ -25,6 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from ddbench.cli.options import split_overrides  # noqa: E402
 from ddbench.distilled import DistilledSet  # noqa: E402
 from ddbench.runner import RunRequest, device_name, resolve_device, run  # noqa: E402
 
@@ -78,11 +80,15 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--out", default="runs/fastpath-compare")
     p.add_argument("--device", default="auto")
     p.add_argument("--quick", action="store_true", help="tiny generator, 5 steps, 3 eval seeds, 20 epochs, one test")
+    p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="as ddbench run's --set (protocol.KEY for the protocol card), e.g. protocol.epochs=100")
     args = p.parse_args(argv)
     os.environ.setdefault("DDBENCH_SET_METRICS", "off")  # not part of this comparison
-    method_over, proto_over, eval_seeds = {}, {}, seeds(args.eval_seeds)
+    method_over, proto_over = split_overrides(args.sets)
+    eval_seeds = seeds(args.eval_seeds)
     if args.quick:
-        method_over, proto_over = {"generator": {"preset": "tiny"}, "steps": 5}, {"epochs": 20, "eval_points": 1}
+        method_over = {"generator": {"preset": "tiny"}, "steps": 5, **method_over}
+        proto_over = {"epochs": 20, "eval_points": 1, **proto_over}
         eval_seeds = eval_seeds[:3]
     device = resolve_device(args.device)
     label = device_name(device) + ("" if device.type == "cuda" else " (CPU bf16 autocast)")
@@ -103,7 +109,8 @@ def main(argv=None) -> list[dict]:
         sets[path] = DistilledSet.load(records[0]["distilled_path"]).images
         accs[path] = [r["acc_last"] for r in sorted(records, key=lambda r: r["eval_seed"])]
         lines.append({"what": "accuracy", "path": path, "device": label, "dataset": args.dataset, "ipc": args.ipc,
-                      "protocol": args.protocol, "arch": records[0]["arch"], "seed": args.seed,
+                      "protocol": args.protocol, "protocol_overrides": proto_over, "arch": records[0]["arch"],
+                      "seed": args.seed,
                       "acc_last": summary(accs[path]), "values": accs[path],
                       "distilled_sha256": records[0]["distilled_sha256"],
                       "seconds": round(time.perf_counter() - t0, 1)})

@@ -164,7 +164,7 @@ class Batches:
         self.per_epoch = len(images) // self.b
         if self.per_epoch == 0:
             raise ConfigError(f"the fine-tuning pool has {len(images)} images, fewer than batch_size={self.b}; "
-                              "lower --set method.batch_size")
+                              "lower --set finetune.batch_size")
         self._epoch, self._perm = -1, None
 
     def __call__(self, step: int, gen: torch.Generator):

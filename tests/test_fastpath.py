@@ -94,7 +94,7 @@ def test_settings_resolve_per_device_and_bad_values_say_how_to_fix():
     assert resolve_precision(False, "cuda") == "fp32" and resolve_precision(True, "cpu") == "bf16"
     assert resolve_precision("false", "cuda") == "fp32"
     assert resolve_compile("auto", "cpu") is False and resolve_compile("auto", "cuda") is True
-    with pytest.raises(ConfigError, match=r"autocast='fast'.*--set method.autocast=false"):
+    with pytest.raises(ConfigError, match=r"autocast='fast'.*--set autocast=false"):
         resolve_precision("fast", "cpu")
     with pytest.raises(ConfigError, match="compile=2"):
         resolve_compile(2, "cuda")

@@ -39,7 +39,7 @@ def _choice(value, key: str, on_cuda: bool) -> bool:
     if value in _FALSE:
         return False
     raise ConfigError(f"{key}={value!r} is not a valid setting; expected auto (fast path on CUDA, exact fp32 on "
-                      f"CPU), true or false (e.g. --set method.{key}=false for the exact fp32 path)")
+                      f"CPU), true or false (e.g. --set {key}=false for the exact fp32 path; sampling.{key} for a guidance method)")
 
 
 def resolve_precision(autocast, device) -> str:
