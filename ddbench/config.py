@@ -10,7 +10,7 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import yaml
 
@@ -29,6 +29,15 @@ def load_card(path: Path) -> dict:
     if base:
         card = deep_merge(load_card(Path(path).parent / base), card)
     return card
+
+
+def leaves(d, prefix: str = ""):
+    """(dotted key, value) of every leaf of a nested mapping; an empty mapping is a leaf."""
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            yield from leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
 
 
 def deep_merge(base: dict, over: dict) -> dict:

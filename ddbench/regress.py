@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from .config import leaves
 from .errors import ConfigError
 from .store import summary
 
@@ -138,18 +139,11 @@ def cell_keys(cell: Mapping) -> list[tuple]:
 
 
 def cell_name(cell: Mapping) -> str:
-    over = {**{k: v for k, v in _leaves(cell.get("method_overrides") or {})},
-            **{f"protocol.{k}": v for k, v in _leaves(cell.get("protocol_overrides") or {})}}
+    over = {**{k: v for k, v in leaves(cell.get("method_overrides") or {})},
+            **{f"protocol.{k}": v for k, v in leaves(cell.get("protocol_overrides") or {})}}
     extra = " " + " ".join(f"{k}={v}" for k, v in over.items()) if over else ""
     return f"{cell['method']} {cell['dataset']} ipc{cell['ipc']} {cell['protocol']}/{cell['arch']}{extra}"
 
-
-def _leaves(d: Mapping, prefix: str = ""):
-    for k, v in d.items():
-        if isinstance(v, Mapping) and v:
-            yield from _leaves(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
 
 
 _NUMBER_LIST = re.compile(r"\[\s*(-?[0-9.eE+-]+(?:,\s*-?[0-9.eE+-]+)*)\s*\]")
@@ -188,7 +182,7 @@ def check_overrides(records: list[Mapping], cell: Mapping) -> None:
     """Refuse records made with other settings than the cell's (a reused --out holding older results)."""
     for field, over in (("method_config", cell.get("method_overrides")), ("protocol_config",
                                                                           cell.get("protocol_overrides"))):
-        for path, want in _leaves(over or {}):
+        for path, want in leaves(over or {}):
             for r in records:
                 node: Any = r.get(field) or {}
                 for part in path.split("."):

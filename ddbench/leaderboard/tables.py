@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable, Mapping
 import pandas as pd
 
 from .. import stats
+from ..config import leaves
 from ..errors import ConfigError
 from ..store import SUMMARY_GROUP, summary
 
@@ -251,7 +252,7 @@ def config_diff(config: Mapping | None, reference: Mapping | None) -> str:
     """"a.b=1, c=x" for the leaves where `config` differs from `reference`; "" when equal or no reference."""
     if reference is None or config is None:
         return ""
-    a, b = dict(_flat(config)), dict(_flat(reference))
+    a, b = dict(leaves(config)), dict(leaves(reference))
     expanded = {k.rsplit(".", 1)[0] for k in a if "." in k}  # null in the card, a mapping here: show its leaves
     keys = sorted(k for k in set(a) | set(b)
                   if k.split(".")[0] not in IGNORED_KEYS and a.get(k, _UNSET) != b.get(k, _UNSET)
@@ -262,13 +263,6 @@ def config_diff(config: Mapping | None, reference: Mapping | None) -> str:
 def _show(v: Any) -> str:
     return "unset" if v is _UNSET else v if isinstance(v, str) else json.dumps(v)
 
-
-def _flat(d: Mapping, prefix: str = ""):
-    for k, v in d.items():
-        if isinstance(v, Mapping) and v:
-            yield from _flat(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
 
 
 def variant_summary(records: Iterable[Mapping], defaults=None, extra: Callable | None = None) -> pd.DataFrame:
@@ -321,7 +315,7 @@ def with_label_keys(mvar: str, record: Mapping) -> str:
     keys = label_keys(record["method"])
     if not keys:
         return mvar
-    cfg = dict(_flat(record.get("method_config") or {}))
+    cfg = dict(leaves(record.get("method_config") or {}))
     named = {part.split("=", 1)[0] for part in mvar.split(", ") if part}
     shown = [f"{k}={_show(cfg[k])}" for k in keys if k in cfg and k not in named]
     return ", ".join(shown + ([mvar] if mvar else []))
