@@ -234,3 +234,14 @@ def test_herding_and_kcenter_select_in_a_convnet_trained_on_the_whole_training_s
         assert cfg["feature_recipe"]["subset"] is None  # v2: a 10k subset, 6 epochs (the generator judge's)
         v2 = {"feature_recipe": {"epochs": 6, "batch_size": 128, "lr": 0.01, "subset": 10000}}
         assert load_method(name, "fashion", v2).cfg["feature_recipe"]["subset"] == 10000  # still selectable
+
+
+def test_mgd3_does_not_flip_the_embedded_data():
+    """Digits and clothes are not mirror-symmetric: v3 discovers their modes unflipped; ImageNet keeps the flip."""
+    from ddbench.method import resolve_method_config
+
+    card, _ = resolve_method_config("mgd3", "digits")
+    assert int(card["version"]) >= 3
+    assert {d: resolve_method_config("mgd3", d)[1]["discovery_flip"] for d in ("digits", "fashion", "mnist", "woof",
+                                                                              "imagenet1k")} == \
+        {"digits": False, "fashion": False, "mnist": False, "woof": True, "imagenet1k": True}
