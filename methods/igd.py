@@ -118,7 +118,8 @@ class InfluenceGuidance:
                 g_i = influence_term(self.net, images, self.labels, self.trajectory, self.real_grads)
             g_d = deviation_term(x0, self.memory) if self.gamma != 0 else x0.new_zeros(len(x0))
             objective = (self.k * g_i + self.gamma * g_d).sum()  # summed: each sample's gradient is its own
-            (grad_x,) = torch.autograd.grad(objective, x, allow_unused=True)
+            # k = 0 with an empty memory (a class's first sample): the objective is a constant, its gradient zero
+            grad_x = torch.autograd.grad(objective, x, allow_unused=True)[0] if objective.requires_grad else None
         self.guided_steps.append(state.index)
         self.influence.append(float(g_i.detach().mean()))  # one host read per guided step
         self.deviation.append(float(g_d.detach().mean()))

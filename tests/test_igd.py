@@ -116,6 +116,13 @@ def test_guidance_acts_exactly_inside_the_range_and_pushes_away_from_the_memory(
     assert torch.equal(_sample([off]), plain) and off.guided_steps == []
 
 
+def test_deviation_only_guidance_leaves_a_class_first_sample_alone():
+    """k = 0 (deviation only) and an empty memory: nothing to push away from, the unguided sample bit for bit."""
+    low, high = igd.guided_range(30, 45, 10)
+    hook = _hook(low, high, None, gamma=20.0)
+    assert torch.equal(_sample([hook]), _sample([])) and hook.guided_steps == [9, 8, 7, 6]
+
+
 def test_hook_refuses_an_unknown_injection():
     with pytest.raises(ConfigError, match="inject"):
         _hook(0, 1, None, inject="x0")
