@@ -9,6 +9,7 @@ from PIL import Image
 
 from ddbench.diffusion import Schedule, ddim_sample, space_timesteps
 from ddbench.errors import ConfigError
+from ddbench.leaderboard.tables import REPORTED_META
 
 mgd3 = importlib.import_module("ddbench.methods.mgd3")
 cudd = importlib.import_module("ddbench.methods.cudd")
@@ -63,7 +64,7 @@ def _reported_blocks():
 
     for name in list_methods():
         for dataset, block in (method_card(name).get("reported") or {}).items():
-            protocols = [k for k in block if k not in ("source", "protocol_source", "protocol_values")]
+            protocols = [k for k in block if k not in REPORTED_META]
             yield name, dataset, block, protocols
 
 

@@ -241,3 +241,13 @@ def test_html_page_is_well_formed_and_its_numbers_equal_the_markdowns():
                 if line.startswith("| ") and not line.startswith("| IPC") for c in line.strip("|").split(" | ")]
     assert checker.cells == md_cells
     assert 'data-v="90.5"' in page and "th.addEventListener(\"click\"" in page  # sortable by the cell means
+
+
+def test_reproduction_pairs_are_protocols_not_source_notes():
+    """A card's `reported.<dataset>` also holds `protocol_source` / `protocol_values`: never read as protocols."""
+    from ddbench.leaderboard.repro import reported_pairs
+    from ddbench.leaderboard.tables import REPORTED_META, load_reported
+
+    pairs = reported_pairs()
+    assert pairs and not {p for _, p in pairs} & set(REPORTED_META)
+    assert load_reported(pairs | {("woof", "protocol_values")})  # every card's numbers load; a note is skipped

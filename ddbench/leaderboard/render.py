@@ -31,12 +31,18 @@ def _hash(h: str | None) -> str:
     return DASH if not h else h[:12]
 
 
+def _with_version(label: str, version) -> str:
+    """"mgd3 v3" once: a column label names its version already when a table holds two versions of a card."""
+    if version is None:
+        return f"{label} (no version)"
+    return label if f" v{version}" in f"{label} " else f"{label} v{version}"
+
+
 def notes(t: Table) -> list[str]:
     field_name, meaning = METRICS[t.metric]
     level = f"{stats.LEVEL:.0%}"
     versions = sorted(t.versions.items(), key=lambda kv: method_order(kv[0]))
-    cards = ", ".join(f"{label} {'v' + str(v) if v is not None else '(no version)'} @{_hash(t.config_hashes.get(label))}"
-                      for label, v in versions)
+    cards = ", ".join(f"{_with_version(label, v)} @{_hash(t.config_hashes.get(label))}" for label, v in versions)
     out = [f"Metric: {field_name} = {meaning}.",
            f"Cells: mean ± half-width of its {level} confidence interval (Student t, n − 1 dof) (n = runs = "
            "distillation seeds × evaluation seeds), then the rank in the row: #k; cells not significantly worse "

@@ -17,7 +17,8 @@ from typing import Iterable, Mapping
 import pandas as pd
 
 from .. import stats
-from .tables import DASH, METRICS, arch_order, load_reported, method_order, printed, variant_summary
+from .tables import (DASH, METRICS, REPORTED_META, arch_order, load_reported, method_order, printed,
+                     variant_summary)
 from .render import html_page, html_table, markdown_table
 
 
@@ -42,7 +43,7 @@ def reported_pairs() -> set[tuple[str, str]]:
     pairs = set()
     for name in list_methods():
         for dataset, entry in (method_card(name).get("reported") or {}).items():
-            pairs |= {(dataset, k) for k, v in (entry or {}).items() if k != "source" and isinstance(v, Mapping)}
+            pairs |= {(dataset, k) for k, v in (entry or {}).items() if k not in REPORTED_META and isinstance(v, Mapping)}
     return pairs
 
 

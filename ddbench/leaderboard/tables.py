@@ -357,6 +357,10 @@ def _table(dataset, protocol, pversion, metric, field_name, group: pd.DataFrame,
                  {m: e.get("source", "") for m, e in paper.items()}, variant, family, card_hashes, hashes, teachers)
 
 
+# keys of a card's `reported.<dataset>` entry that describe the source, not a protocol's numbers
+REPORTED_META = ("source", "protocol_source", "protocol_values")
+
+
 def load_reported(pairs: Iterable[tuple[str, str]]) -> dict:
     """The `reported:` numbers of every registered method card for the given (dataset, protocol) pairs.
 
@@ -370,6 +374,8 @@ def load_reported(pairs: Iterable[tuple[str, str]]) -> dict:
     for name in list_methods():
         card_reported = method_card(name).get("reported") or {}
         for (dataset, protocol) in wanted:
+            if protocol in REPORTED_META:
+                continue
             per_ipc = (card_reported.get(dataset) or {}).get(protocol) or {}
             cells = {}
             for ipc, per_arch in per_ipc.items():
