@@ -159,6 +159,17 @@ class Bf16Weights:
         return self.model(x.to(torch.bfloat16), t, y).float()
 
 
+def random_dit(args, device):
+    """The benchmarked DiT (`--model`, `--input-size`, `--depth`) with seeded random weights: (config, model, the
+    shape of one sample)."""
+    cfg = dit_config(args.model, input_size=args.input_size, num_classes=1000)
+    if args.depth:
+        cfg["depth"] = args.depth
+    torch.manual_seed(0)
+    model = DiT(**cfg).to(device).eval()
+    return cfg, model, (model.in_channels, args.input_size, args.input_size)
+
+
 def model_callable(model, args):
     """(model_fn, autocast) of the chosen precision and compile setting."""
     fn = Bf16Weights(model) if args.precision == "bf16-weights" else model
@@ -336,12 +347,7 @@ def main(argv=None) -> list[dict]:
             return []
     parts = args.parts.split(",")
     device = torch.device(args.device)
-    cfg = dit_config(args.model, input_size=args.input_size, num_classes=1000)
-    if args.depth:
-        cfg["depth"] = args.depth
-    torch.manual_seed(0)
-    model = DiT(**cfg).to(device).eval()
-    shape = (model.in_channels, args.input_size, args.input_size)
+    cfg, model, shape = random_dit(args, device)
     labels = torch.arange(args.batch) % 1000
     model_fn, autocast = model_callable(model, args)
     head = dict(device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", model=args.model,
@@ -395,20 +401,11 @@ def igd_cost(args) -> dict:
     from ddbench.nets import build_net
 
     device = torch.device(args.device)
-    cfg = dit_config(args.model, input_size=args.input_size, num_classes=1000)
-    if args.depth:
-        cfg["depth"] = args.depth
-    torch.manual_seed(0)
-    model = DiT(**cfg).to(device).eval()
-    shape = (model.in_channels, args.input_size, args.input_size)
+    cfg, model, shape = random_dit(args, device)
     labels = torch.arange(args.batch) % 10
     if args.igd_vae:
-        from diffusers.models import AutoencoderKL
-
-        vae = AutoencoderKL(down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-                            block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4,
-                            sample_size=args.input_size * 8).to(device).eval()
-        decode = lambda z: vae.decode(z / 0.18215).sample  # noqa: E731
+        vae = build_vae("sd-vae-ft-mse", device)
+        decode = lambda z: vae.model.decode(z / vae.scale).sample  # noqa: E731
         net = build_net("convnet6", 10, 3, args.input_size * 8)
     else:
         decode = lambda z: z  # noqa: E731
