@@ -27,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ddbench.cli.options import split_overrides  # noqa: E402
+from ddbench.config import parse_int_list  # noqa: E402
 from ddbench.distilled import DistilledSet  # noqa: E402
 from ddbench.runner import RunRequest, device_name, resolve_device, run  # noqa: E402
 
@@ -34,13 +35,8 @@ PATHS = {"fp32": False, "bf16": True}  # the card's `autocast` value of each pat
 
 
 def seeds(text: str) -> list[int]:
-    """"0-9" or "0,1,2" -> the list; "none" -> [] (pixel statistics only)."""
-    if text == "none":
-        return []
-    if "-" in text:
-        a, b = (int(v) for v in text.split("-"))
-        return list(range(a, b + 1))
-    return [int(v) for v in text.split(",")]
+    """"0-9" or "0,1,2" -> the list (`parse_int_list`, as --eval-seeds); "none" -> [] (pixel statistics only)."""
+    return [] if text == "none" else parse_int_list(text)
 
 
 def pixel_stats(a: torch.Tensor, b: torch.Tensor) -> dict:
