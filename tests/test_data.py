@@ -55,7 +55,7 @@ def test_unknown_name_suggests_the_closest():
         get_dataset("imagefolder")
 
 
-def test_class_lists_and_imagenet_index(imagenet_root):
+def test_class_lists_and_imagenet_index(allow_nonstandard_subset, imagenet_root):
     assert len(read_class_list("imagenet1k")) == 1000 and len(read_class_list("imagenet100")) == 100
     assert read_class_list("idc") == read_class_list("imagenet100")[:10]
     nette = get_dataset("nette", imagenet_root=str(imagenet_root))
@@ -137,7 +137,7 @@ def test_real_fashion_matches_its_constants():
 # ---------------------------------------------------------------------------------------------------------
 
 
-def test_imagenet_labels_follow_the_class_list(imagenet_root, tmp_path):
+def test_imagenet_labels_follow_the_class_list(allow_nonstandard_subset, imagenet_root, tmp_path):
     woof = get_dataset("woof", imagenet_root=str(imagenet_root))
     assert list(woof.classes) != sorted(woof.classes)  # the list is deliberately not sorted
     ids, labels = list_files(woof, "train")
@@ -185,7 +185,7 @@ def test_list_files_is_lexicographic_and_imagefolder(tmp_path):
         decode_ids(spec, "test", ids[:1], 8)
 
 
-def test_chunked_decoding_with_progress_bar_keeps_order(imagenet_root, monkeypatch):
+def test_chunked_decoding_with_progress_bar_keeps_order(allow_nonstandard_subset, imagenet_root, monkeypatch):
     spec = get_dataset("nette", imagenet_root=str(imagenet_root))
     ids, _ = list_files(spec, "train")
     plain = decode_ids(spec, "train", ids, 12)
@@ -200,7 +200,7 @@ def test_chunked_decoding_with_progress_bar_keeps_order(imagenet_root, monkeypat
 # ---------------------------------------------------------------------------------------------------------
 
 
-def test_cache_hit_and_invalidation(imagenet_root, tmp_path, monkeypatch):
+def test_cache_hit_and_invalidation(allow_nonstandard_subset, imagenet_root, tmp_path, monkeypatch):
     root = make_imagenet_tree(tmp_path / "inet", NETTE, n_train=2, n_val=1)
     spec = get_dataset("nette", imagenet_root=str(root))
     cache = tmp_path / "cache"
@@ -243,7 +243,7 @@ def test_missing_imagenet_root_names_flag_and_env(tmp_path):
         get_dataset("nette", imagenet_root=str(tmp_path / "nowhere"))
 
 
-def test_missing_wnids_are_listed(imagenet_root, monkeypatch):
+def test_missing_wnids_are_listed(allow_nonstandard_subset, imagenet_root, monkeypatch):
     monkeypatch.setenv("DDBENCH_IMAGENET_ROOT", str(imagenet_root))
     assert get_dataset("woof").root == str(Path(imagenet_root).resolve())  # env var is used
     # ImageNet-100 shares two classes with ImageWoof (Shih-Tzu, English foxhound), so 98 are missing.
@@ -259,7 +259,7 @@ def test_missing_val_folder_is_named(tmp_path):
         get_dataset("nette", imagenet_root=str(root))
 
 
-def test_corrupt_jpeg_names_the_file(tmp_path):
+def test_corrupt_jpeg_names_the_file(allow_nonstandard_subset, tmp_path):
     root = make_imagenet_tree(tmp_path / "inet", NETTE, n_train=1, n_val=1)
     bad = root / "train" / NETTE[2] / f"{NETTE[2]}_0.JPEG"
     bad.write_bytes(bad.read_bytes()[:200])  # truncated JPEG
