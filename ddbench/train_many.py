@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from .augment import cutmix, to_float
+from .ddp import is_wrapped
 from .errors import ConfigError
 from .train import (CutMixCE, TrainHistory, _autocast, build_optimizer, ce_loss, device_generator, eval_points,
                     lr_factor, make_loss, train_classifier)
@@ -143,7 +144,7 @@ def train_classifiers(nets: list[nn.Module], images: torch.Tensor, labels: torch
     common = dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, schedule=schedule, loss=loss,
                   eval_every=eval_every, eval_epochs=eval_epochs, device=device, amp=amp,
                   channels_last=channels_last, drop_last=drop_last, progress=progress, description=description)
-    if k == 1 or not stackable_loss(loss) or any(isinstance(n, nn.parallel.DistributedDataParallel) for n in nets):
+    if k == 1 or not stackable_loss(loss) or any(is_wrapped(n) for n in nets):
         return [_train_alone(net, images, labels, aug, gen, eval_fn, common)
                 for net, aug, gen in zip(nets, augments, generators)]
     return _train_stack(nets, images, labels, augments, generators, eval_fn, common)

@@ -27,7 +27,7 @@ from ddbench.config import config_hash
 from ddbench.errors import ConfigError, DataError
 from ddbench.protocol import EvalResult, Protocol, ResourceMeter, uses_bf16
 from ddbench.protocols.hard import aligned_labels, to_resolution
-from ddbench.ddp import maybe_wrap_ddp
+from ddbench.ddp import is_wrapped, maybe_wrap_ddp
 from ddbench.train import build_optimizer, device_generator, evaluate_accuracy, lr_factor
 from ddbench.safeload import load_tensors
 from ddbench.train_many import evaluate_accuracies
@@ -235,7 +235,7 @@ def train_soft_many(students: list[nn.Module], images: torch.Tensor, teacher: nn
     from ddbench.train_many import ModelStack
 
     k = len(students)
-    if k == 1 or any(isinstance(s, nn.parallel.DistributedDataParallel) for s in students):
+    if k == 1 or any(is_wrapped(s) for s in students):
         lone = (lambda m: eval_fn(m)[0]) if eval_fn is not None else None
         return [train_soft(s, images, teacher, plan, spec, g, device, store=store, eval_fn=lone,
                            eval_epochs=eval_epochs, progress=progress) for s, g in zip(students, gens)]
