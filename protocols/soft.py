@@ -27,7 +27,7 @@ from ddbench.config import config_hash
 from ddbench.errors import ConfigError, DataError
 from ddbench.protocol import EvalResult, Protocol, ResourceMeter, uses_bf16
 from ddbench.protocols.hard import aligned_labels, to_resolution
-from ddbench.ddp import is_wrapped, maybe_wrap_ddp
+from ddbench.ddp import maybe_wrap_ddp
 from ddbench.train import build_optimizer, device_generator, evaluate_accuracy, lr_factor
 from ddbench.safeload import load_tensors
 from ddbench.train_many import evaluate_accuracies
@@ -232,10 +232,10 @@ def train_soft_many(students: list[nn.Module], images: torch.Tensor, teacher: nn
     logits, so the K students share one input. eval_fn(model) returns one accuracy per student (model is the
     stack, or the lone student when K = 1, which is `train_soft` itself).
     """
-    from ddbench.train_many import ModelStack
+    from ddbench.train_many import ModelStack, stackable_nets
 
     k = len(students)
-    if k == 1 or any(is_wrapped(s) for s in students):
+    if k == 1 or not stackable_nets(students):
         lone = (lambda m: eval_fn(m)[0]) if eval_fn is not None else None
         return [train_soft(s, images, teacher, plan, spec, g, device, store=store, eval_fn=lone,
                            eval_epochs=eval_epochs, progress=progress) for s, g in zip(students, gens)]
