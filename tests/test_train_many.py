@@ -140,9 +140,21 @@ def test_train_classifiers_names_a_count_mismatch():
 def test_models_at_once_rules():
     assert models_at_once(4, "cpu", 10) == 4
     assert models_at_once(40, "cpu", 10) == 10  # never more than there are models
-    assert 1 <= models_at_once(None, "cpu", 10) <= 10
+    assert models_at_once(None, "cpu", 10) == 1  # the measured CPU rule: one network after another
     with pytest.raises(ConfigError, match="positive"):
         models_at_once(0, "cpu", 3)
+
+
+def test_the_planner_arithmetic_on_given_byte_counts(monkeypatch):
+    """step_bytes of Linear(4, 3) on a batch of 2: 15 parameters, one 2×3 output, fp32:
+    4 B × (4 × 15 weights, gradients and two optimizer states + 2 × 6 kept outputs) = 288 B; then K = the share of
+    free memory over that, floored."""
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    assert step_bytes(net, (2, 4)) == 4 * (4 * 15 + 2 * 6) == 288
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10_000, 80_000))
+    assert models_at_once(None, "cuda", 50, bytes_per_model=288) == 27  # 0.8 × 10 000 // 288 = 27.7 → 27
+    assert models_at_once(None, "cuda", 50, bytes_per_model=8000) == 1  # exactly one fits
+    assert models_at_once(None, "cuda", 50, bytes_per_model=None) == 1  # no plan: one at a time
 
 
 def test_step_bytes_grows_with_batch_and_counts_parameters():
