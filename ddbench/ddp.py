@@ -175,6 +175,14 @@ def maybe_shard(module: nn.Module) -> nn.Module:
     return ShardedForward(module) if setup() else module
 
 
+def is_wrapped(net: nn.Module) -> bool:
+    """Whether `net` is a distributed network (what maybe_wrap_ddp returns under torchrun / spawn).
+
+    The one test every "keep DDP out of X" guard uses (the stacked multi-model trainer cannot vmap over DDP's
+    collectives): maybe_wrap_ddp returns ShardedForward around DDP, so testing for DDP alone misses it."""
+    return isinstance(net, (ShardedForward, nn.parallel.DistributedDataParallel))
+
+
 def unwrap(net: nn.Module) -> nn.Module:
     """The plain network inside ShardedForward / DDP wrappers (for saving weights or reading features)."""
     while isinstance(net, ShardedForward) or hasattr(net, "module") and isinstance(

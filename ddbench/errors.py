@@ -20,3 +20,7 @@ class DataError(DDBenchError):
 
 class StoreError(DDBenchError):
     """The results store cannot be used (newer schema, unwritable, corrupt)."""
+
+
+class ResourceError(DDBenchError):
+    """The work does not fit the device (out of memory even with one network at a time)."""

@@ -23,7 +23,7 @@ from .data import get_dataset, list_files, load_split
 from .cellhash import cell_config_hash, check_weights, used_weights
 from .data.gates import check_class_order
 from .distilled import MANIFEST, DistilledSet
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, ResourceError
 from .method import Context, default_cache_dir, load_method
 from .protocol import load_protocol
 from .store import ResultStore, code_version
@@ -213,29 +213,81 @@ def evaluate_cells(dset, spec, protocol, keys, store, test, device, info, phases
     `replace` overwrites a stored record of the same key (--rerun).
 
     The eval seeds of one arch are trained together, `models_at_once` networks per job (None: chosen from the
-    device, see ddbench.train_many.models_at_once); each model's record is written when its job ends.
+    device, see plan_models_at_once); each model's record is written when its job ends. A job that runs out of
+    memory is retried with half as many networks (fewer_models); its records say so.
     """
-    from .train_many import models_at_once as choose_k
-
     sha = dset.provenance.get("sha256") or dset.sha256()
     records, budget = [], None
     for arch in dict.fromkeys(k["arch"] for k in keys):
         cells = [k for k in keys if k["arch"] == arch]
-        planned = getattr(protocol, "step_bytes", None) if device.type == "cuda" and models_at_once is None else None
-        at_once = choose_k(models_at_once, device, len(cells), planned(dset, spec, arch) if planned else None)
-        for job in (cells[i:i + at_once] for i in range(0, len(cells), at_once)):
-            with PhaseMeter(device) as meter:
-                results = protocol.evaluate_many(dset, spec, test, arch, [k["eval_seed"] for k in job], device,
-                                                 progress=progress)
+        planned = at_once = plan_models_at_once(protocol, dset, spec, arch, device, models_at_once, len(cells), log)
+        while cells:
+            job, oom = cells[:at_once], None
+            try:
+                with PhaseMeter(device) as meter:
+                    results = protocol.evaluate_many(dset, spec, test, arch, [k["eval_seed"] for k in job], device,
+                                                     progress=progress)
+            except Exception as e:  # noqa: BLE001 - only an out-of-memory error is handled; the rest re-raised
+                if not is_out_of_memory(e):
+                    raise
+                oom = " ".join(str(e).split())[:200]
+            if oom is not None:  # outside the except block: the traceback's tensors are gone before freeing
+                at_once = fewer_models(at_once, oom, arch, device, protocol, log)
+                continue
+            cells = cells[len(job):]
             budget = budget or record_budget(dset, protocol, spec, device)  # once per set: bytes and teacher size
             for key, result in zip(job, results):
                 record = _record(key, result, meter.peak_mb, info, protocol, sha, dset, device, phases, spec)
                 record["extra"] = {**(record["extra"] or {}), "budget": budget}
+                if at_once < planned:  # the K that ran, next to the K the plan chose
+                    record["extra"].update(models_at_once=len(job), models_at_once_planned=planned)
                 if ddp.is_main():
                     store.add(record, replace=replace)
                 records.append(record)
                 log(f"{arch} eval-seed {key['eval_seed']}: last {result.acc_last:.2f}%  best {result.acc_best:.2f}%")
     return records
+
+
+def plan_models_at_once(protocol, dset, spec, arch, device, requested, n_models, log) -> int:
+    """How many networks of `arch` one job trains: train_many.models_at_once (on CUDA from the protocol's planned
+    bytes per network), or 1 for a network with random layers (dropout: vmap cannot give each model its own
+    lone-run draws), said in one log line."""
+    from .nets import build_net
+    from .train_many import models_at_once, random_layers
+
+    planned = getattr(protocol, "step_bytes", None) if device.type == "cuda" and requested is None else None
+    k = models_at_once(requested, device, n_models, planned(dset, spec, arch) if planned else None)
+    if k > 1:
+        drawn = random_layers(build_net(arch, spec.num_classes, spec.channels, spec.resolution))
+        if drawn:
+            log(f"{arch} has random layers ({', '.join(drawn[:3])}{', ...' if len(drawn) > 3 else ''}): its "
+                f"{n_models} eval seeds train one at a time, not {k} together")
+            return 1
+    return k
+
+
+OOM_MESSAGES = ("out of memory", "not enough memory", "DefaultCPUAllocator: can't allocate")
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, or the RuntimeError of an allocation that failed (CPU allocator, cuDNN, MPS)."""
+    oom_type = getattr(torch.cuda, "OutOfMemoryError", ())
+    return isinstance(e, oom_type) or isinstance(e, RuntimeError) and any(m in str(e) for m in OOM_MESSAGES)
+
+
+def fewer_models(k: int, error: str, arch, device, protocol, log) -> int:
+    """After an out-of-memory job of k networks: free what it held and return k // 2; at k = 1, a clear error."""
+    import gc
+
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if k == 1:
+        raise ResourceError(f"out of memory training one {arch} network under protocol {protocol.card.get('name')} "
+                            f"on {device} ({error}); lower the batch size (--set protocol.batch_size=N) or use a "
+                            "device with more free memory")
+    log(f"{arch}: out of memory with {k} networks at once; retrying with {k // 2} ({error})")
+    return k // 2
 
 
 def _record(key, result, peak_mb, info, protocol, sha, dset, device, phases, spec) -> dict:

@@ -181,14 +181,22 @@ def _from_row(row: Iterable[Any]) -> ResultRecord:
 
 # ---------------------------------------------------------------------------------------------- schema
 
-def _table_sql(table: str, columns: Iterable[str], key: Iterable[str]) -> str:
-    cols = ",\n  ".join(f"{c} {COLUMNS[c][0]}{' NOT NULL' if c in REQUIRED else ''}" for c in columns)
-    return f"CREATE TABLE {table} (\n  id INTEGER PRIMARY KEY,\n  {cols},\n  UNIQUE ({', '.join(key)})\n)"
-
-
-# Schema 1 as shipped: every column but config_hash, keyed without it.
-_V1_COLUMNS = [c for c in COLUMNS if c != "config_hash"]
-_V1_KEY = [k for k in KEY_FIELDS if k != "config_hash"]
+# The shipped schemas, frozen as literals: a migration step must create exactly the table its schema had, whatever
+# COLUMNS holds today (a column added later comes with its own step, which would otherwise find it there already).
+_V1_COLUMNS = ("method", "dataset", "ipc", "seed", "protocol", "arch", "eval_seed", "acc_last", "acc_best",
+               "best_epoch", "method_version", "protocol_version", "method_config", "protocol_config",
+               "distilled_sha256", "distilled_path", "code_version", "device", "hardware", "timings", "peak_mem",
+               "curve", "extra", "created_at", "host")
+_V1_JSON = ("method_config", "protocol_config", "hardware", "timings", "peak_mem", "curve", "extra")
+_V1_TYPES = """id INTEGER PRIMARY KEY, method TEXT NOT NULL, dataset TEXT NOT NULL, ipc INTEGER NOT NULL,
+  seed INTEGER NOT NULL, protocol TEXT NOT NULL, arch TEXT NOT NULL, eval_seed INTEGER NOT NULL, {hash}
+  acc_last REAL NOT NULL, acc_best REAL NOT NULL, best_epoch INTEGER, method_version TEXT, protocol_version TEXT,
+  method_config TEXT, protocol_config TEXT, distilled_sha256 TEXT, distilled_path TEXT, code_version TEXT,
+  device TEXT, hardware TEXT, timings TEXT, peak_mem TEXT, curve TEXT, extra TEXT, created_at TEXT, host TEXT"""
+_V1_TABLE = ("CREATE TABLE results (" + _V1_TYPES.format(hash="")
+             + ", UNIQUE (method, dataset, ipc, seed, protocol, arch, eval_seed))")
+_V2_TABLE = ("CREATE TABLE results_v2 (" + _V1_TYPES.format(hash="config_hash TEXT NOT NULL,")
+             + ", UNIQUE (method, dataset, ipc, seed, protocol, arch, eval_seed, config_hash))")
 _INDEX_SQL = "CREATE INDEX results_by_dataset ON results (dataset, protocol, ipc)"
 
 
@@ -196,12 +204,11 @@ def _add_config_hash(con: sqlite3.Connection) -> None:
     """Schema 1 -> 2: `config_hash` joins the key. SQLite cannot change a UNIQUE constraint in place, so the
     table is copied into a new one; every old row is kept, with the hash derived from its own versions and
     configs (`derived_config_hash`), so that rows of different configs stay apart."""
-    con.execute(_table_sql("results_v2", COLUMNS, KEY_FIELDS))
+    con.execute(_V2_TABLE)
     names = ", ".join(_V1_COLUMNS)
     insert = f"INSERT INTO results_v2 (id, {names}, config_hash) VALUES ({', '.join('?' * (len(_V1_COLUMNS) + 2))})"
     for row in con.execute(f"SELECT id, {names} FROM results ORDER BY id").fetchall():
-        old = {c: json.loads(v) if COLUMNS[c][1] in JSON_KINDS and v is not None else v
-               for c, v in zip(_V1_COLUMNS, row[1:])}
+        old = {c: json.loads(v) if c in _V1_JSON and v is not None else v for c, v in zip(_V1_COLUMNS, row[1:])}
         con.execute(insert, (*row, derived_config_hash(old)))
     con.execute("DROP TABLE results")
     con.execute("ALTER TABLE results_v2 RENAME TO results")
@@ -211,7 +218,7 @@ def _add_config_hash(con: sqlite3.Connection) -> None:
 # MIGRATIONS[i] takes a store from schema i to i + 1 (0 = empty file): SQL statements, or a function of the
 # connection for a step SQL alone cannot express. Append only; never edit a shipped step.
 MIGRATIONS: list = [
-    _table_sql("results", _V1_COLUMNS, _V1_KEY) + ";\n" + _INDEX_SQL,
+    _V1_TABLE + ";\n" + _INDEX_SQL,
     _add_config_hash,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, stack_module_state, vmap
 
 from .augment import cutmix, to_float
+from .ddp import is_wrapped
 from .errors import ConfigError
 from .train import (CutMixCE, TrainHistory, _autocast, build_optimizer, ce_loss, device_generator, eval_points,
                     lr_factor, make_loss, train_classifier)
@@ -79,6 +80,28 @@ class ModelStack:
         for k, net in enumerate(nets):
             for name, t in list(net.named_parameters()) + list(net.named_buffers()):
                 t.copy_((self.params if name in self.params else self.buffers)[name][k])
+
+
+def random_layers(net: nn.Module) -> list[str]:
+    """Names of the layers that draw random numbers in a training forward (dropout, drop-path, drop-block).
+
+    vmap refuses random operations by default, and with `randomness="different"` the K models would draw
+    other numbers than their lone runs: such networks are trained one at a time. Dropout modules are found by
+    type; timm's functional dropout (`drop_rate`) and DropPath / DropBlock (`drop_prob`) by attribute."""
+    names = []
+    for name, m in net.named_modules():
+        rates = [m.p] if isinstance(m, nn.modules.dropout._DropoutNd) else []
+        rates += [getattr(m, a) for a in ("drop_rate", "drop_prob") if isinstance(getattr(m, a, None), (int, float))]
+        if any(r > 0 for r in rates):
+            names.append(name or type(m).__name__)
+    return names
+
+
+def stackable_nets(nets: list[nn.Module]) -> bool:
+    """Whether these networks can be trained as one ModelStack: the one test every multi-model guard uses.
+
+    Not under DDP (vmap cannot run over its collectives) and not with random layers (see random_layers)."""
+    return not any(is_wrapped(n) or random_layers(n) for n in nets)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -132,8 +155,8 @@ def train_classifiers(nets: list[nn.Module], images: torch.Tensor, labels: torch
     """Train each of `nets` in place as `train_classifier(nets[k], ..., augment=augments[k], generator=generators[k])`.
 
     eval_fn(model) is called with the lone network when K = 1 and with the ModelStack otherwise, and returns one
-    accuracy per model (see `evaluate_accuracies`). Losses without a stacked form are trained one model after
-    the other.
+    accuracy per model (see `evaluate_accuracies`). Losses without a stacked form, and networks that cannot be
+    stacked (`stackable_nets`), are trained one model after the other.
     """
     k = len(nets)
     augments = list(augments) if augments is not None else [None] * k
@@ -143,7 +166,7 @@ def train_classifiers(nets: list[nn.Module], images: torch.Tensor, labels: torch
     common = dict(epochs=epochs, batch_size=batch_size, optimizer=optimizer, schedule=schedule, loss=loss,
                   eval_every=eval_every, eval_epochs=eval_epochs, device=device, amp=amp,
                   channels_last=channels_last, drop_last=drop_last, progress=progress, description=description)
-    if k == 1 or not stackable_loss(loss) or any(isinstance(n, nn.parallel.DistributedDataParallel) for n in nets):
+    if k == 1 or not stackable_loss(loss) or not stackable_nets(nets):
         return [_train_alone(net, images, labels, aug, gen, eval_fn, common)
                 for net, aug, gen in zip(nets, augments, generators)]
     return _train_stack(nets, images, labels, augments, generators, eval_fn, common)

@@ -232,10 +232,10 @@ def train_soft_many(students: list[nn.Module], images: torch.Tensor, teacher: nn
     logits, so the K students share one input. eval_fn(model) returns one accuracy per student (model is the
     stack, or the lone student when K = 1, which is `train_soft` itself).
     """
-    from ddbench.train_many import ModelStack
+    from ddbench.train_many import ModelStack, stackable_nets
 
     k = len(students)
-    if k == 1 or any(isinstance(s, nn.parallel.DistributedDataParallel) for s in students):
+    if k == 1 or not stackable_nets(students):
         lone = (lambda m: eval_fn(m)[0]) if eval_fn is not None else None
         return [train_soft(s, images, teacher, plan, spec, g, device, store=store, eval_fn=lone,
                            eval_epochs=eval_epochs, progress=progress) for s, g in zip(students, gens)]

@@ -1,5 +1,7 @@
-"""Test configuration: gpu/slow markers are skipped unless asked for; caches go to a per-session tmp dir."""
+"""Test configuration: gpu/slow markers are skipped unless asked for; caches go to a per-session tmp dir
+(or to the shared test cache named by DDBENCH_TEST_CACHE), never to the user's DDBENCH_CACHE."""
 import os
+from pathlib import Path
 
 import pytest
 
@@ -19,11 +21,22 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip)
 
 
+TEST_CACHE_ENV = "DDBENCH_TEST_CACHE"  # opt-in: a cache shared by test sessions (CI keeps one between runs)
+
+
+def session_cache(environ, make_tmp) -> str:
+    """The cache folder of a test session: the one DDBENCH_TEST_CACHE names, else a fresh temporary folder.
+
+    DDBENCH_CACHE itself is never used: it is the user's real cache, and tests write teachers, generators and
+    decoded data there under test-sized recipes."""
+    shared = environ.get(TEST_CACHE_ENV)
+    return str(Path(shared).expanduser().resolve()) if shared else str(make_tmp())
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _isolated_cache(tmp_path_factory):
     """Keep test artefacts (decoded data, teachers, generators) out of the user's cache."""
-    if "DDBENCH_CACHE" not in os.environ or os.environ.get("DDBENCH_TEST_OWN_CACHE"):
-        os.environ["DDBENCH_CACHE"] = str(tmp_path_factory.mktemp("ddbench-cache"))
+    os.environ["DDBENCH_CACHE"] = session_cache(os.environ, lambda: tmp_path_factory.mktemp("ddbench-cache"))
     os.environ.setdefault("DDBENCH_NO_PROGRESS", "1")
     # Set metrics in pixel space: no feature network to train in every runner test (tests/test_metrics.py
     # covers the network spaces and the default).

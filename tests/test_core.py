@@ -1,5 +1,7 @@
 """Registry, configuration and distilled-set I/O."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -117,3 +119,23 @@ def test_atomic_save_leaves_no_partial_set(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError):
         dset.save(tmp_path / "set")
     assert list(tmp_path.iterdir()) == []  # neither the set nor a temporary folder remains
+
+
+def test_a_test_session_never_writes_the_users_cache(tmp_path, tmp_path_factory):
+    """tests/conftest.py: a user's DDBENCH_CACHE is ignored; only DDBENCH_TEST_CACHE opts into a shared cache."""
+    import os
+
+    from conftest import session_cache
+    from ddbench.method import default_cache_dir
+
+    user = {"DDBENCH_CACHE": str(tmp_path / "real-cache")}
+    assert session_cache(user, lambda: tmp_path / "fresh") == str(tmp_path / "fresh")
+    shared = {**user, "DDBENCH_TEST_CACHE": str(tmp_path / "ci-cache")}
+    assert session_cache(shared, lambda: tmp_path / "fresh") == str(tmp_path / "ci-cache")
+    # this session: the opted-in shared cache, or a folder under pytest's temporary root
+    live = Path(os.environ["DDBENCH_CACHE"])
+    assert default_cache_dir() == live
+    if os.environ.get("DDBENCH_TEST_CACHE"):
+        assert live == Path(os.environ["DDBENCH_TEST_CACHE"]).resolve()
+    else:
+        assert tmp_path_factory.getbasetemp() in live.parents

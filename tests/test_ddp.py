@@ -50,8 +50,18 @@ def train_cases() -> list[dict]:
     return [train(n, batch_size) for n, batch_size in CASES]
 
 
-def test_two_ranks_equal_one_process():
-    doubles = ddp.spawn(train_cases, 2)  # one start for every case: starting is the slow part
+def every_case() -> dict:
+    return {"k1": train_cases(), "k2": k2_cases()}
+
+
+@pytest.fixture(scope="module")
+def two_ranks() -> dict:
+    """Every case on 2 gloo ranks in one start: starting the ranks is the slow part."""
+    return ddp.spawn(every_case, 2)
+
+
+def test_two_ranks_equal_one_process(two_ranks):
+    doubles = two_ranks["k1"]
     for (n, batch_size), double in zip(CASES, doubles):
         single = train(n, batch_size)
         assert single["world"] == 1 and double["world"] == 2
@@ -62,6 +72,62 @@ def test_two_ranks_equal_one_process():
         assert double["loss"] == pytest.approx(single["loss"], rel=1e-4)
         initial = tiny_net().state_dict()
         assert any(not torch.allclose(single["weights"][k], initial[k]) for k in initial)  # it did train
+
+
+def protocol_k2() -> list[dict]:
+    """A `dc` evaluation of eval seeds 0 and 1 in one call (K = 2), as `ddbench run --eval-seeds 0,1` makes it."""
+    from ddbench.protocol import load_protocol
+    from test_protocols import toy_task
+
+    dset, spec, test = toy_task(size=16)
+    protocol = load_protocol("dc", {"epochs": 3, "eval_points": 3, "batch_size": 16})
+    results = protocol.evaluate_many(dset, spec, test, "convnet3", [0, 1], "cpu")
+    return [{"curve": r.curve, "loss": r.extra["train_loss_last"], "world": ddp.world_size()} for r in results]
+
+
+def train_k2() -> dict:
+    """Two tiny nets of their own seeds through the multi-model trainer (wrapped when distributed)."""
+    from ddbench.train_many import evaluate_accuracies, train_classifiers
+
+    images, labels = data(22)
+    nets = [ddp.maybe_wrap_ddp(tiny_net(), "cpu") for _ in range(2)]
+    with torch.no_grad():  # two different initialisations
+        next(ddp.unwrap(nets[1]).parameters()).mul_(-1)
+    hists = train_classifiers(nets, images, labels, epochs=2, batch_size=8,
+                              optimizer={"name": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+                              augments=[flip, flip], loss=CutMixCE(1.0, 0.5), eval_every=1,
+                              eval_fn=lambda m: evaluate_accuracies(m, images, labels, batch_size=5),
+                              generators=[torch.Generator().manual_seed(s) for s in (3, 4)], device="cpu")
+    return {"weights": [{k: v.detach().clone() for k, v in ddp.unwrap(n).state_dict().items()} for n in nets],
+            "loss": [h.train_loss for h in hists], "world": ddp.world_size()}
+
+
+def k2_cases() -> dict:
+    return {"train": train_k2(), "protocol": protocol_k2()}
+
+
+def test_two_ranks_with_two_eval_seeds_equal_one_process(two_ranks):
+    """K = 2 under DDP: the stacked (vmap) trainer cannot run over DDP, so each seed trains alone on the ranks and
+    every seed still gets the numbers of a single process."""
+    double = two_ranks["k2"]
+    single = k2_cases()
+    assert double["train"]["world"] == 2 and single["train"]["world"] == 1
+    for j in range(2):
+        for k, w in single["train"]["weights"][j].items():
+            torch.testing.assert_close(double["train"]["weights"][j][k], w, rtol=1e-4, atol=1e-5, msg=f"net {j} {k}")
+        assert double["train"]["loss"][j] == pytest.approx(single["train"]["loss"][j], rel=1e-4)
+    assert single["train"]["loss"][0] != single["train"]["loss"][1]
+    one_image = 100.0 / 100  # toy_task: 100 test images; a borderline image may flip
+    for d, s in zip(double["protocol"], single["protocol"]):
+        assert d["world"] == 2 and [e for e, _ in d["curve"]] == [e for e, _ in s["curve"]]
+        assert all(abs(x - y) <= one_image for (_, x), (_, y) in zip(d["curve"], s["curve"]))
+        assert d["loss"] == pytest.approx(s["loss"], rel=2e-3)
+
+
+def test_the_distributed_predicate_sees_every_wrapper():
+    net = tiny_net()
+    assert not ddp.is_wrapped(net)
+    assert ddp.is_wrapped(ddp.ShardedForward(net))
 
 
 def test_shard_bounds_cover_the_batch_once():

@@ -30,11 +30,47 @@ def test_a_lone_cell_costs_its_epochs_and_test_passes():
     assert price["unknown_evals"] == [] and price["distill"] is None
 
 
-def test_cells_of_one_group_use_the_multi_model_throughput_and_unmeasured_ones_are_unknown():
-    cells = [cell(i) for i in range(4)] + [cell(0, arch="convnet4")]
-    price = price_plan(plan_of(cells), TABLE)
-    assert price["evaluate"] == pytest.approx(4 * (30000 / 400 + 10 * 360 / 1440) / 3600)  # K = 4 entry
-    assert price["unknown_evals"] == [cells[-1].id]
+def test_the_eval_seeds_of_one_set_are_one_job_and_other_sets_are_not():
+    """Eval seeds of one set, protocol and arch are one task (trained together, K = 4 entry); cells of other sets
+    (distillation seeds 1-3) cannot share a job, whatever their protocol and arch: each is priced at K = 1."""
+    together = [cell(0, eval_seed=e) for e in range(4)]
+    apart = [cell(i) for i in (1, 2, 3)]
+    unmeasured = cell(0, arch="convnet4")
+    price = price_plan(plan_of(together + apart + [unmeasured]), TABLE)
+    lone, four = 30000 / 100 + 10 * 360 / 360, 30000 / 400 + 10 * 360 / 1440  # seconds per cell at K = 1, K = 4
+    assert price["evaluate"] == pytest.approx((4 * four + 3 * lone) / 3600)
+    assert price["groups"] == [{"cells": [c.id for c in together], "models_at_once": 4}] + [
+        {"cells": [c.id], "models_at_once": 1} for c in apart] + [{"cells": [unmeasured.id], "models_at_once": 1}]
+    assert price["unknown_evals"] == [unmeasured.id]
+
+
+def test_a_cpu_table_prices_the_cpu_rule_of_one_network_at_a_time():
+    cpu = dict(TABLE, device="cpu (1 threads)")
+    price = price_plan(plan_of([cell(0, eval_seed=e) for e in range(4)]), cpu)
+    assert price["groups"][0]["models_at_once"] == 1
+    assert price["evaluate"] == pytest.approx(4 * 310 / 3600)
+
+
+def test_the_dry_run_price_groups_are_the_groups_the_sweep_runs(tmp_path):
+    """Two sets × two protocols × two eval seeds: the sweep runs one task per (set, protocol), both seeds in it,
+    exactly the groups the price was computed on."""
+    import yaml
+
+    from ddbench.sweep.execute import execute
+    from ddbench.sweep.expand import load_grid
+
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(yaml.safe_dump(dict(name="t", methods=["random"], datasets=["digits"], ipcs=[1], seeds=[0, 1],
+                                        protocols=["dc", "dc_dsa"], eval_seeds=[0, 1],
+                                        overrides={"protocol": {"*": {"epochs": 1, "resolution": 8}}})))
+    out = tmp_path / "runs"
+    plan = load_grid(grid, out=out)
+    planned = [g["cells"] for g in price_plan(plan, TABLE)["groups"]]
+    assert len(planned) == 4 and all(len(g) == 2 for g in planned)
+    result = execute(plan, out, local=True, device="cpu")
+    assert not result.failed and result.added == 8
+    assert sorted(result.groups) == sorted(planned)
+    assert {r["extra"]["world_size"] for r in result.records} == {1}
 
 
 def test_load_costs_names_a_missing_table_and_a_malformed_one(tmp_path):

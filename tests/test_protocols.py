@@ -11,7 +11,7 @@ from ddbench.errors import ConfigError
 from ddbench.protocol import EvalResult, list_protocols, load_protocol, protocol_card
 from ddbench.train import evaluate_accuracy, lr_factor, train_classifier
 
-hard = pytest.importorskip("ddbench.protocols.hard")
+from ddbench.protocols import hard
 
 # ---------------------------------------------------------------------------------------------------------
 # Tiny data

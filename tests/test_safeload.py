@@ -184,15 +184,117 @@ def test_a_planted_pickle_runs_nothing(site, tmp_path, plant):
     assert not marker.exists()
 
 
-def test_every_torch_load_in_the_tree_is_weights_only():
-    """The sites above are the known ones; this finds any other: torch.load must say weights_only=True."""
-    offenders = []
+# ---------------------------------------------------------------------------------------------- the source guard
+
+# Calls that unpickle: torch's loaders unless weights_only=True, numpy's with allow_pickle=True, pickle's always.
+TORCH_LOADS = {"torch.load", "torch.serialization.load"}
+PICKLE_LOADS = {"pickle.load", "pickle.loads", "pickle.Unpickler", "_pickle.load", "_pickle.loads", "dill.load",
+                "dill.loads", "joblib.load", "pandas.read_pickle"}
+NUMPY_LOADS = {"numpy.load"}
+# Reviewed exceptions, (file, call) -> why it is safe.
+ALLOWED = {("ddbench/ddp.py", "pickle.loads"): "rank 0's return value, written by a rank this process spawned into "
+                                                 "a private temporary directory it created"}
+
+
+def _aliases(tree: ast.AST) -> dict[str, str]:
+    """Local name -> dotted module path, from every import of the file (`import pickle as p`: p -> pickle;
+    `from torch import load as L`: L -> torch.load; `import numpy as np`: np -> numpy)."""
+    names = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                names[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for a in node.names:
+                names[a.asname or a.name] = f"{node.module}.{a.name}"
+    return names
+
+
+def _keyword(node: ast.Call, name: str):
+    """The constant value of keyword `name` (None when absent; ... when it is not a constant)."""
+    for k in node.keywords:
+        if k.arg == name:
+            return k.value.value if isinstance(k.value, ast.Constant) else ...
+    return None
+
+
+def unsafe_loads(source: str) -> list[tuple[int, str]]:
+    """(line, resolved call) of every call in `source` that can unpickle arbitrary objects."""
+    tree = ast.parse(source)
+    aliases, found = _aliases(tree), []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        head, _, rest = ast.unparse(node.func).partition(".")
+        name = aliases.get(head, head) + (f".{rest}" if rest else "")
+        if (name in PICKLE_LOADS or name in TORCH_LOADS and _keyword(node, "weights_only") is not True
+                or name in NUMPY_LOADS and _keyword(node, "allow_pickle") not in (None, False)):
+            found.append((node.lineno, name))
+    return found
+
+
+UNSAFE_SNIPPETS = [
+    "import torch\ntorch.load('f')",
+    "import torch\ntorch.load('f', weights_only=False)",
+    "import torch as T\nT.load('f')",
+    "from torch import load as L\nL('f')",
+    "import torch\ntorch.serialization.load('f')",
+    "from torch.serialization import load\nload('f')",
+    "import pickle\npickle.load(open('f', 'rb'))",
+    "import pickle as p\np.loads(b'')",
+    "from pickle import loads\nloads(b'')",
+    "import numpy as np\nnp.load('f', allow_pickle=True)",
+    "import numpy\nflag = True\nnumpy.load('f', allow_pickle=flag)",
+]
+SAFE_SNIPPETS = [
+    "import torch\ntorch.load('f', weights_only=True)",
+    "from torch import load as L\nL('f', map_location='cpu', weights_only=True)",
+    "import numpy as np\nnp.load('f')",
+    "import numpy as np\nnp.load('f', allow_pickle=False)",
+    "from ddbench.protocol import load_protocol\nload_protocol('dc')",
+    "import json\njson.loads('{}')",
+]
+
+
+@pytest.mark.parametrize("source", UNSAFE_SNIPPETS)
+def test_the_guard_sees_an_unsafe_load_under_any_name(source):
+    assert len(unsafe_loads(source)) == 1
+
+
+@pytest.mark.parametrize("source", SAFE_SNIPPETS)
+def test_the_guard_passes_safe_loads(source):
+    assert unsafe_loads(source) == []
+
+
+def test_every_load_in_the_tree_is_weights_only():
+    """The sites above are the known ones; this finds any other: a call that can unpickle code must be
+    weights-only, or a reviewed exception in ALLOWED."""
+    offenders, used = [], set()
     for folder in ("ddbench", "methods", "protocols", "benchmarks"):
         for file in (ROOT / folder).rglob("*.py"):
-            for node in ast.walk(ast.parse(file.read_text())):
-                if isinstance(node, ast.Call) and ast.unparse(node.func) in ("torch.load", "pickle.load"):
-                    safe = any(k.arg == "weights_only" and getattr(k.value, "value", None) is True
-                               for k in node.keywords)
-                    if not safe:
-                        offenders.append(f"{file.relative_to(ROOT)}:{node.lineno}")
+            rel = str(file.relative_to(ROOT))
+            for line, name in unsafe_loads(file.read_text()):
+                if (rel, name) in ALLOWED:
+                    used.add((rel, name))
+                else:
+                    offenders.append(f"{rel}:{line} {name}")
     assert offenders == []
+    assert used == set(ALLOWED)  # an exception no longer needed is removed from the list
+
+
+def test_a_pickled_bin_in_a_vae_folder_is_refused(tmp_path, plant):
+    """A diffusers VAE folder with `diffusion_pytorch_model.bin` (a torch pickle) instead of safetensors."""
+    from diffusers import AutoencoderKL
+
+    from ddbench.diffusion.vae import load_vae
+
+    AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4,
+                  norm_num_groups=4).save_pretrained(tmp_path / "vae", safe_serialization=False)
+    weights = tmp_path / "vae" / "diffusion_pytorch_model.bin"
+    state = torch.load(weights, weights_only=True)
+    marker = plant(weights, wrap=lambda p: {**state, "extra": p})
+    with pytest.raises(DataError, match=r"cannot read VAE weights .*diffusion_pytorch_model.bin: it holds Python "
+                                        r"objects \((builtins\.)?exec\)"):
+        load_vae(tmp_path / "vae")
+    assert not marker.exists()

@@ -214,6 +214,47 @@ def test_schema_1_store_opens_migrates_and_keeps_every_row(tmp_path):
     con.close()
 
 
+def v1_store(path):
+    """A schema-1 store as ddbench 0.1 wrote it, with one row."""
+    con = sqlite3.connect(path)
+    con.execute(V1_TABLE)
+    con.execute("INSERT INTO results (method, dataset, ipc, seed, protocol, arch, eval_seed, acc_last, acc_best, "
+                "protocol_config, protocol_version) VALUES ('random', 'digits', 1, 0, 'dc', 'convnet3', 0, 30.0, "
+                "31.0, '{\"epochs\": 1}', '1')")
+    con.execute("PRAGMA user_version = 1")
+    con.commit()
+    con.close()
+
+
+def test_a_schema_1_store_still_migrates_after_a_column_is_added(tmp_path, monkeypatch):
+    """The next schema step adds a column to COLUMNS and appends its ALTER TABLE: an old store must take every
+    step as shipped (schema 1 -> 2 may not create the new column already, or the ALTER would find it twice)."""
+    path = tmp_path / "old.db"
+    v1_store(path)
+    monkeypatch.setattr(store_mod, "COLUMNS", {**store_mod.COLUMNS, "note": ("TEXT", "str")})
+    monkeypatch.setattr(store_mod, "MIGRATIONS", store_mod.MIGRATIONS + ["ALTER TABLE results ADD COLUMN note TEXT"])
+    monkeypatch.setattr(store_mod, "SCHEMA_VERSION", store_mod.SCHEMA_VERSION + 1)
+    with ResultStore(path) as s:
+        (row,) = s.query()
+        assert (row["acc_last"], row["protocol_config"]) == (30.0, {"epochs": 1}) and row["config_hash"]
+    con = sqlite3.connect(path)
+    assert [r[1] for r in con.execute("PRAGMA table_info(results)")].count("note") == 1
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 3
+    con.close()
+
+
+def test_the_migrations_build_exactly_the_columns_records_have(tmp_path):
+    """A fresh store and a migrated schema-1 store have the columns of COLUMNS, in order: a field added to
+    COLUMNS without its migration step fails here."""
+    v1_store(tmp_path / "old.db")
+    ResultStore(tmp_path / "new.db").close()
+    ResultStore(tmp_path / "old.db").close()
+    for name in ("new.db", "old.db"):
+        con = sqlite3.connect(tmp_path / name)
+        assert [r[1] for r in con.execute("PRAGMA table_info(results)")] == ["id", *store_mod.COLUMNS], name
+        con.close()
+
+
 def test_records_differing_only_in_config_hash_are_two_rows_and_two_summary_groups(store):
     assert store.add(make_record(acc=40.0, config_hash="aaaa"))
     assert store.add(make_record(acc=80.0, config_hash="bbbb"))

@@ -55,8 +55,9 @@ def test_dependencies_prepare_groups_and_skips_on_failure(tmp_path):
     sched.start(leader)
     assert sched.next_task() is None  # ipc2 waits: it shares method.prepare with the running leader
     sched.finish(Outcome(leader.id, "distill", True, {"path": "x"}, seconds=1.0))
-    first = [sched.next_task() for _ in range(2)]  # the leader's evaluations come before the next distillation
-    assert [t.kind for t in first] == ["evaluate", "evaluate"] and first[0].distilled == {"path": "x"}
+    first = sched.next_task()  # the leader's evaluations come before the next distillation, as one task
+    assert first.kind == "evaluate" and first.distilled == {"path": "x"}
+    assert [c.eval_seed for c in first.cell.cells] == [0, 1] and first.id == "random/digits/ipc1/seed0/dc/convnet3/e0+1"
     second = sched.next_task()
     assert second.id == "random/digits/ipc2/seed0"
     sched.start(second)
@@ -209,10 +210,11 @@ def test_a_multi_gpu_cell_runs_on_spawned_ranks_with_the_numbers_of_one_process(
     one = run_task(Task("evaluate", ecell, str(out), plan.options, "cpu", dist.value))
     two = run_task(Task("evaluate", ecell, str(out), plan.options, "cpu", dist.value, world_size=2))
     assert dist.ok and one.ok and two.ok, two.error
-    assert (one.value["extra"]["world_size"], two.value["extra"]["world_size"]) == (1, 2)
+    (one,), (two,) = one.value["records"], two.value["records"]
+    assert (one["extra"]["world_size"], two["extra"]["world_size"]) == (1, 2)
     # same global batches and seeds: at most an argmax flip or two on 445 test images from summation order
-    assert two.value["acc_last"] == pytest.approx(one.value["acc_last"], abs=0.5)
-    assert two.value["distilled_sha256"] == one.value["distilled_sha256"]
+    assert two["acc_last"] == pytest.approx(one["acc_last"], abs=0.5)
+    assert two["distilled_sha256"] == one["distilled_sha256"]
 
 
 def test_ray_runs_a_tiny_grid_on_a_local_instance(tmp_path, capsys):
@@ -228,3 +230,28 @@ def test_ray_runs_a_tiny_grid_on_a_local_instance(tmp_path, capsys):
         (record,) = store.query()
     assert (record["ipc"], record["protocol_config"]["epochs"], record["device"][:3]) == (1, 1, "cpu")
     assert "CPU-h" in captured.out  # the cost table
+
+
+def test_a_task_that_fails_part_way_keeps_the_records_of_its_finished_jobs(tmp_path, monkeypatch):
+    """Eval seeds 0 and 1 are one task; on CPU it runs them as two jobs of one network. The second job fails:
+    the first job's record is stored, only seed 1 is reported failed, and the next run evaluates seed 1 only."""
+    from ddbench.protocols.hard import HardLabelProtocol
+
+    out = tmp_path / "runs"
+    grid = write_grid(tmp_path, eval_seeds=[0, 1])
+    real = HardLabelProtocol.evaluate_many
+
+    def fail_on_seed_1(self, dset, spec, test, arch, seeds, device, progress=None):
+        if 1 in seeds:
+            raise RuntimeError("seed 1 breaks")
+        return real(self, dset, spec, test, arch, seeds, device, progress)
+
+    monkeypatch.setattr(HardLabelProtocol, "evaluate_many", fail_on_seed_1)
+    result = execute(load_grid(grid, out=out), out, local=True, device="cpu")
+    assert result.added == 1 and [o.error for o in result.failed] == ["RuntimeError: seed 1 breaks"]
+    assert result.groups == [["random/digits/ipc1/seed0/dc/convnet3/e0", "random/digits/ipc1/seed0/dc/convnet3/e1"]]
+    with ResultStore(out / "results.db") as store:
+        assert [r["eval_seed"] for r in store.query()] == [0]
+    monkeypatch.setattr(HardLabelProtocol, "evaluate_many", real)
+    again = execute(load_grid(grid, out=out), out, local=True, device="cpu")
+    assert again.added == 1 and again.groups == [["random/digits/ipc1/seed0/dc/convnet3/e1"]]

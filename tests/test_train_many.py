@@ -140,9 +140,21 @@ def test_train_classifiers_names_a_count_mismatch():
 def test_models_at_once_rules():
     assert models_at_once(4, "cpu", 10) == 4
     assert models_at_once(40, "cpu", 10) == 10  # never more than there are models
-    assert 1 <= models_at_once(None, "cpu", 10) <= 10
+    assert models_at_once(None, "cpu", 10) == 1  # the measured CPU rule: one network after another
     with pytest.raises(ConfigError, match="positive"):
         models_at_once(0, "cpu", 3)
+
+
+def test_the_planner_arithmetic_on_given_byte_counts(monkeypatch):
+    """step_bytes of Linear(4, 3) on a batch of 2: 15 parameters, one 2×3 output, fp32:
+    4 B × (4 × 15 weights, gradients and two optimizer states + 2 × 6 kept outputs) = 288 B; then K = the share of
+    free memory over that, floored."""
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    assert step_bytes(net, (2, 4)) == 4 * (4 * 15 + 2 * 6) == 288
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (10_000, 80_000))
+    assert models_at_once(None, "cuda", 50, bytes_per_model=288) == 27  # 0.8 × 10 000 // 288 = 27.7 → 27
+    assert models_at_once(None, "cuda", 50, bytes_per_model=8000) == 1  # exactly one fits
+    assert models_at_once(None, "cuda", 50, bytes_per_model=None) == 1  # no plan: one at a time
 
 
 def test_step_bytes_grows_with_batch_and_counts_parameters():
@@ -159,3 +171,109 @@ def test_models_at_once_on_cuda_fills_a_share_of_the_free_memory(monkeypatch):
     assert models_at_once(None, "cuda", 5, bytes_per_model=2**30) == 5  # never more than there are models
     assert models_at_once(None, "cuda", 500, bytes_per_model=2**20) == 100  # the cap
     assert models_at_once(None, "cuda", 50, bytes_per_model=64 * 2**30) == 1  # one always runs
+
+
+# ---------------------------------------------------------------------------------------------------------
+# When the plan does not fit: out of memory halves K; random layers train one at a time
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Sink:
+    def __init__(self):
+        self.records = []
+
+    def add(self, record, *, replace=False):
+        self.records.append(record)
+        return True
+
+
+def run_cells(protocol, eval_seeds, models_at_once, arch="convnet3"):
+    """runner.evaluate_cells on the toy task; returns (records, log lines)."""
+    from ddbench import runner
+    from ddbench.distilled import DistilledSet
+
+    dset, spec, test = toy_task(size=8)
+    dset = DistilledSet(dset.images, dset.labels, spec.classes, {})
+    keys = [dict(method="m", dataset="toy", ipc=5, seed=0, protocol="dc", arch=arch, eval_seed=e,
+                 config_hash="0123456789abcdef") for e in eval_seeds]
+    lines = []
+    records = runner.evaluate_cells(dset, spec, protocol, keys, Sink(), test, torch.device("cpu"),
+                                    {"method_version": 1, "method_config": {}}, {"timings": {}, "peak_mem": {}},
+                                    lambda *p: lines.append(" ".join(map(str, p))), models_at_once=models_at_once)
+    return records, lines
+
+
+TINY_DC = {"epochs": 1, "eval_points": 1, "batch_size": 16}
+
+
+@pytest.mark.parametrize("error", [torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+                                   RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 8")])
+def test_an_out_of_memory_job_is_retried_with_half_the_networks(monkeypatch, error):
+    from ddbench.protocols import hard
+
+    sizes = []
+
+    def trainer(nets, *a, **kw):
+        sizes.append(len(nets))
+        if len(nets) > 1:
+            raise error
+        return train_classifiers(nets, *a, **kw)
+
+    monkeypatch.setattr(hard, "train_classifiers", trainer)
+    records, lines = run_cells(load_protocol("dc", TINY_DC), [0, 1, 2, 3], models_at_once=4)
+    assert sizes == [4, 2, 1, 1, 1, 1]
+    assert [r["eval_seed"] for r in records] == [0, 1, 2, 3]
+    assert all(r["extra"]["models_at_once"] == 1 and r["extra"]["models_at_once_planned"] == 4 for r in records)
+    assert sum("out of memory with 4 networks at once; retrying with 2" in line for line in lines) == 1
+    assert sum("retrying with 1" in line for line in lines) == 1
+
+
+def test_one_network_out_of_memory_is_one_clear_error_and_other_errors_pass_through(monkeypatch):
+    from ddbench.errors import ResourceError
+    from ddbench.protocols import hard
+
+    def oom(nets, *a, **kw):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(hard, "train_classifiers", oom)
+    with pytest.raises(ResourceError, match=r"out of memory training one convnet3 network .*protocol.batch_size"):
+        run_cells(load_protocol("dc", TINY_DC), [0, 1], models_at_once=2)
+
+    def broken(nets, *a, **kw):
+        raise RuntimeError("a bug, not memory")
+
+    monkeypatch.setattr(hard, "train_classifiers", broken)
+    with pytest.raises(RuntimeError, match="a bug, not memory"):
+        run_cells(load_protocol("dc", TINY_DC), [0, 1], models_at_once=2)
+
+
+class DropoutNet(torch.nn.Module):
+    """A network whose training forward draws random numbers (dropout 0.5)."""
+
+    def __init__(self, channels, num_classes, im_size):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(channels * im_size ** 2, 16),
+                                        torch.nn.ReLU(), torch.nn.Dropout(0.5))
+        self.head = torch.nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
+
+def test_a_dropout_network_trains_one_at_a_time_when_k_is_asked_for(monkeypatch):
+    from ddbench.nets import ARCHS
+    from ddbench.train_many import random_layers
+
+    monkeypatch.setitem(ARCHS._targets, "dropnet", DropoutNet)
+    assert random_layers(DropoutNet(1, 10, 8)) == ["body.3"] and random_layers(build_net("convnet3", 10, 1, 8)) == []
+    protocol = load_protocol("dc", TINY_DC)
+    records, lines = run_cells(protocol, [0, 1], models_at_once=2, arch="dropnet")
+    assert [r["eval_seed"] for r in records] == [0, 1]
+    assert any("dropnet has random layers (body.3)" in line for line in lines)
+    assert all("models_at_once" not in r["extra"] for r in records)  # trained alone: nothing shared
+    dset, _, _ = toy_task(size=8)
+    # the trainer itself refuses to stack them too (it would fail under vmap)
+    nets = [DropoutNet(1, 10, 8) for _ in range(2)]
+    hists = train_classifiers(nets, dset.images, dset.labels, epochs=1, batch_size=16, optimizer=SGD,
+                              generators=[torch.Generator().manual_seed(s) for s in (0, 1)])
+    assert len(hists) == 2

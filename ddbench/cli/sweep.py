@@ -57,8 +57,10 @@ def cmd_sweep(p: argparse.ArgumentParser):
         console = Console()
         if args.dry_run:
             with ResultStore(store_path) as store:
-                print_plan(plan, plan_status(plan, store, out, args.rerun), console)
-            print_price(plan, cost_tables(args.costs), console)
+                status = plan_status(plan, store, out, args.rerun)
+            print_plan(plan, status, console)
+            todo = [e for e in plan.evals.values() if e.id not in status.done]  # what execute() would run
+            print_price(plan, cost_tables(args.costs), console, todo)
             return
         result = execute(plan, out, local=args.local, ray_address=args.ray_address, max_parallel=args.max_parallel,
                          device=args.device, view=SweepView(), store_path=store_path, rerun=args.rerun)

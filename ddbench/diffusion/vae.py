@@ -11,6 +11,7 @@ from ddbench.diffusion.fast import FP32, autocast_context
 from ddbench.diffusion.load import resolve_weights_path
 from ddbench.diffusion.sampler import randn
 from ddbench.errors import ConfigError, DataError
+from ddbench.safeload import load_tensors
 
 LATENT_SCALE = 0.18215  # hard-coded in DiT / Minimax / MGD³ (the SD VAE's config scaling_factor)
 VAE_ENV, VAE_FLAG, VAE_CARD_KEY = "DDBENCH_VAE", "--vae", "vae"
@@ -112,6 +113,7 @@ def load_vae(path=None, device="cpu", dtype=torch.float32) -> VAE:
     if not (Path(folder) / "config.json").exists():
         raise DataError(f"{path} is not a diffusers AutoencoderKL folder (no config.json); give the folder "
                         "of e.g. stabilityai/sd-vae-ft-mse saved with save_pretrained")
+    check_pickled_weights(Path(folder), "VAE weights")
     from diffusers import AutoencoderKL
 
     try:
@@ -119,3 +121,20 @@ def load_vae(path=None, device="cpu", dtype=torch.float32) -> VAE:
     except Exception as e:  # noqa: BLE001 - any failure means an unusable folder
         raise DataError(f"cannot load the AutoencoderKL in {folder}: {type(e).__name__}: {e}") from e
     return VAE(model.to(device))
+
+
+def check_pickled_weights(folder: Path, what: str) -> None:
+    """Refuse a folder whose weights are a torch pickle holding more than tensors, before diffusers reads it.
+
+    Diffusers prefers `*.safetensors` and falls back to `diffusion_pytorch_model*.bin`, whose loading depends on
+    the installed diffusers version; ddbench reads such a file weights-only first (memory-mapped, so a large
+    file is not copied), so a planted pickle is a DataError naming it whatever diffusers would do."""
+    if any(folder.glob("*.safetensors")):
+        return
+    for file in sorted(folder.glob("diffusion_pytorch_model*.bin")):
+        try:
+            load_tensors(file, what, mmap=True)
+        except DataError as e:
+            if "holds Python objects" in str(e):
+                raise
+            load_tensors(file, what)  # legacy (non-zip) files cannot be mapped; a bad file fails again

@@ -1,10 +1,12 @@
-"""The worker side of a sweep: distil one cell or evaluate one cell, in-process or inside a Ray task.
+"""The worker side of a sweep: distil one cell or evaluate one group of cells, in-process or inside a Ray task.
 
 `run_task(task) -> Outcome` never raises for a cell's own failure (a missing checkpoint, an IPC larger than a
 class, CUDA out of memory): the error comes back as one line, the traceback goes to the cell's log file
 `<out>/logs/<cell>.<phase>.log`. The work itself is the runner's (`distilled_set`, `evaluate_cells`), so a sweep
-cell and `ddbench run` produce the same sets, folders and records. Workers never write the results store: the
-evaluation record travels back to the driver, which alone adds it.
+cell and `ddbench run` produce the same sets, folders and records. An evaluation task is an `EvalGroup` (the
+eval seeds of one set, protocol and arch), trained as `ddbench run --eval-seeds` trains them: K networks per job.
+Workers never write the results store: the records travel back to the driver, which alone adds them; a task
+that fails part-way still returns the records of its jobs that finished.
 """
 from __future__ import annotations
 
@@ -16,13 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import DDBenchError
-from .grid import DistillCell, EvalCell
+from .grid import DistillCell, EvalGroup
 
 
 @dataclass
 class Task:
     kind: str                         # "distill" | "evaluate"
-    cell: DistillCell | EvalCell
+    cell: DistillCell | EvalGroup     # an EvalCell given here is a group of one
     out: str                          # absolute run directory, shared by every worker
     options: dict                     # paths: imagenet_root, data_root, dit, vae, teacher, cache_dir
     device: str = "auto"              # auto = cuda when this worker sees a GPU, else cpu
@@ -40,19 +42,23 @@ class Outcome:
     id: str
     kind: str
     ok: bool
-    value: dict | None = None         # distill: path, sha256, phases, method_version, method_config; evaluate: record
+    value: dict | None = None         # distill: path, sha256, phases, method_version, method_config;
+                                      # evaluate: {"records": [...]} (on failure: those of the finished jobs)
     error: str | None = None          # one line for people; the traceback is in `log`
     seconds: float = 0.0
     log: str | None = None
 
 
 class RecordSink:
-    """Stands in for the ResultStore in runner.evaluate_cells: keeps the records instead of writing them."""
+    """Stands in for the ResultStore in runner.evaluate_cells: keeps the records (with `extra` merged into their
+    extra field) instead of writing them."""
 
-    def __init__(self):
+    def __init__(self, extra: dict | None = None):
         self.records: list[dict] = []
+        self.extra = dict(extra or {})
 
     def add(self, record: dict, *, replace: bool = False) -> bool:
+        record["extra"] = {**(record.get("extra") or {}), **self.extra}
         self.records.append(record)
         return True
 
@@ -78,13 +84,14 @@ def run_task(task: Task) -> Outcome:
             f.flush()
 
         log(f"{task.kind} {task.id} on {socket.gethostname()} (device {task.device}, world {task.world_size})")
+        sink = RecordSink({"world_size": task.world_size})
         try:
-            value = distill_cell(task, log) if task.kind == "distill" else evaluate_task(task, log)
+            value = distill_cell(task, log) if task.kind == "distill" else evaluate_task(task, log, sink)
         except Exception as e:  # noqa: BLE001 - every failure of one cell is reported, the sweep goes on
             f.write(traceback.format_exc())
             msg = str(e) if isinstance(e, DDBenchError) else f"{type(e).__name__}: {e}"
-            return Outcome(task.id, task.kind, False, error=" ".join(msg.split()),
-                           seconds=time.perf_counter() - start, log=str(path))
+            return Outcome(task.id, task.kind, False, {"records": sink.records} if sink.records else None,
+                           error=" ".join(msg.split()), seconds=time.perf_counter() - start, log=str(path))
         log(f"done in {time.perf_counter() - start:.1f}s")
     return Outcome(task.id, task.kind, True, value, seconds=time.perf_counter() - start, log=str(path))
 
@@ -131,24 +138,25 @@ def distill_cell(task: Task, log) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Evaluate one cell
+# Evaluate one group of cells
 # ---------------------------------------------------------------------------------------------------------
 
 
-def evaluate_task(task: Task, log) -> dict:
-    """One evaluation; with world_size > 1, under torch DDP on that many local GPUs (rank 0's record)."""
+def evaluate_task(task: Task, log, sink: RecordSink) -> dict:
+    """The group's evaluations; with world_size > 1, under torch DDP on that many local GPUs (rank 0's records)."""
     if task.world_size > 1:
         from ..ddp import spawn
 
         log(f"spawning {task.world_size} DDP ranks")
         return spawn(_evaluate_rank, task.world_size, task)
-    return evaluate_cell(task, log)
+    return evaluate_group(task, log, sink)
 
 
 def _evaluate_rank(task: Task) -> dict:
     path = log_path(task.out, task.id, "evaluate")
     with open(path.with_suffix(f".rank{_rank()}.log"), "a", encoding="utf-8") as f:
-        return evaluate_cell(task, lambda *p: f.write(" ".join(map(str, p)) + "\n"))
+        return evaluate_group(task, lambda *p: f.write(" ".join(map(str, p)) + "\n"),
+                             RecordSink({"world_size": task.world_size}))
 
 
 def _rank() -> int:
@@ -157,29 +165,26 @@ def _rank() -> int:
     return rank()
 
 
-def evaluate_cell(task: Task, log) -> dict:
-    """Score the distilled set of the cell's distillation with its protocol; returns the record (not stored)."""
+def evaluate_group(task: Task, log, sink: RecordSink) -> dict:
+    """Score the distilled set of the group's distillation with its protocol, every eval seed of the group;
+    returns {"records": [...]} (kept in `sink` as each job ends, not stored)."""
     from ..data import load_split
     from ..distilled import DistilledSet
     from ..protocol import load_protocol
     from ..cellhash import cell_config_hash
     from ..runner import evaluate_cells, resolve_device
 
-    cell, dist = task.cell, task.distilled
-    spec, cache_dir = _spec_and_cache(cell, task.options)
-    protocol = load_protocol(cell.protocol, cell.protocol_overrides)
+    group = task.cell if isinstance(task.cell, EvalGroup) else EvalGroup([task.cell])
+    dist = task.distilled
+    spec, cache_dir = _spec_and_cache(group, task.options)
+    protocol = load_protocol(group.protocol, group.protocol_overrides)
     device = resolve_device(task.device)
     dset = DistilledSet.load(dist["path"])
     dset.provenance["path"] = dist["path"]
     test = load_split(spec, "test", cache_dir=cache_dir / "data")
     info = {"method_version": dist["method_version"], "method_config": dist["method_config"]}
     # the hash as this worker sees the cell (its data, its weights files): the record says what was evaluated
-    key = {**cell.key(), "config_hash": cell_config_hash({**info, "method_kind": dist.get("method_kind", "")},
-                                                          protocol, spec, task.options)}
-    sink = RecordSink()
-    evaluate_cells(dset, spec, protocol, [key], sink, test, device, info, dist["phases"], log)
-    if not sink.records:  # a DDP rank other than 0: only rank 0 records (ddp.spawn returns rank 0's value)
-        return {}
-    record = sink.records[0]
-    record["extra"] = {**(record.get("extra") or {}), "world_size": task.world_size}
-    return record
+    chash = cell_config_hash({**info, "method_kind": dist.get("method_kind", "")}, protocol, spec, task.options)
+    keys = [{**c.key(), "config_hash": chash} for c in group.cells]
+    evaluate_cells(dset, spec, protocol, keys, sink, test, device, info, dist["phases"], log)
+    return {"records": sink.records}  # empty on a DDP rank other than 0 (ddp.spawn returns rank 0's value)

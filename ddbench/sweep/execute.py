@@ -2,7 +2,8 @@
 
 The driver (this module) is the only writer of the results store. Evaluations already in the store are not
 scheduled; a distillation runs only when one of its evaluations is missing; a failed distillation marks its
-evaluations skipped and the other cells go on. Cells of one method, dataset and config share `method.prepare`
+evaluations skipped and the other cells go on. The missing evaluations of a set become tasks by `eval_groups`
+(one per protocol and arch: its eval seeds trained together), the function `sweep --dry-run` prices with. Cells of one method, dataset and config share `method.prepare`
 (fine-tuning, teacher training): the first of them runs alone and the rest start once it has finished, so an
 expensive preparation is done once and then read from the cache (a set already on disk skips this wait).
 """
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from ..distilled import MANIFEST
 from ..errors import ConfigError
-from .grid import EvalCell, Plan
+from .grid import EvalCell, EvalGroup, Plan, eval_groups
 from .cells import Outcome, Task, run_task
 
 STATES = ("pending", "running", "done", "failed", "skipped")
@@ -67,15 +68,17 @@ class Scheduler:
     device: str = "auto"
     gpus: bool = True               # False: every task asks for 0 GPUs (a CPU machine or cluster)
     max_gpus_per_node: int = 0      # the largest whole-GPU request one task can get (DDP world size)
-    state: dict = field(default_factory=dict)          # task id -> one of STATES
-    started: dict = field(default_factory=dict)        # task id -> time.monotonic() at start
+    state: dict = field(default_factory=dict)          # distillation / evaluation cell id -> one of STATES
+    started: dict = field(default_factory=dict)        # cell id -> time.monotonic() at start
     seconds: dict = field(default_factory=lambda: {"distill": [], "evaluate": []})
     peak_running: int = 0
 
     def __post_init__(self):
         self.waiting = self.status.needed(self.plan)   # distill id -> evaluations waiting for its set
         self.distill_queue = deque(self.plan.distills[d] for d in self.waiting)
-        self.eval_queue: deque[EvalCell] = deque()
+        self.eval_queue: deque[EvalGroup] = deque()
+        self.tasks: dict[str, Task] = {}               # running task id -> task
+        self.groups: list[list[str]] = []              # cell ids of every evaluation task handed out, in order
         self.distilled: dict[str, dict] = {}
         self.leaders: dict[str, str] = {}              # prepare group -> the distillation that prepares it
         self.prepared: set[str] = set()                # groups whose leader has finished
@@ -105,8 +108,9 @@ class Scheduler:
     def next_task(self) -> Task | None:
         """Evaluations first (finish started sets), then a distillation that does not wait on its group."""
         if self.eval_queue:
-            cell = self.eval_queue.popleft()
-            return self._task("evaluate", cell, self.distilled[cell.distill])
+            group = self.eval_queue.popleft()
+            self.groups.append([c.id for c in group.cells])
+            return self._task("evaluate", group, self.distilled[group.distill])
         for cell in list(self.distill_queue):
             on_disk = cell.id in self.status.on_disk  # a saved set is loaded: no prepare, no wait
             if on_disk or cell.group in self.prepared or cell.group not in self.leaders:
@@ -123,27 +127,40 @@ class Scheduler:
                     {"gpus": gpus, "cpus": cell.resources["cpus"]})
 
     def start(self, task: Task) -> None:
-        self.started[task.id] = time.monotonic()
-        self.state[task.id] = "running"
-        self.peak_running = max(self.peak_running, len(self.running()))
+        self.tasks[task.id] = task
+        for i in cell_ids(task):
+            self.started[i] = time.monotonic()
+            self.state[i] = "running"
+        self.peak_running = max(self.peak_running, len(self.tasks))
 
     def finish(self, outcome: Outcome) -> list[EvalCell]:
         """Record an outcome; returns the evaluations it skipped (those of a failed distillation)."""
+        task = self.tasks.pop(outcome.id, None)
+        if outcome.kind == "evaluate":  # a cell whose record came back is done, even when a later job failed
+            cells = task.cell.cells if task is not None else []
+            recorded = {r["eval_seed"] for r in (outcome.value or {}).get("records", [])}
+            for c in cells:
+                self.state[c.id] = "done" if outcome.ok or c.eval_seed in recorded else "failed"
+            self.seconds["evaluate"] += [outcome.seconds / max(1, len(cells))] * len(cells)
+            return []
         self.state[outcome.id] = "done" if outcome.ok else "failed"
         self.seconds[outcome.kind].append(outcome.seconds)
-        if outcome.kind != "distill":
-            return []
         group = self.plan.distills[outcome.id].group
         if self.leaders.get(group) == outcome.id:
             self.prepared.add(group)
         evals = self.waiting.pop(outcome.id, [])
         if outcome.ok:
             self.distilled[outcome.id] = outcome.value
-            self.eval_queue.extend(evals)
+            self.eval_queue.extend(eval_groups(evals))
             return []
         for e in evals:
             self.state[e.id] = "skipped"
         return evals
+
+
+def cell_ids(task: Task) -> list[str]:
+    """The plan cells a task runs: its distillation, or every evaluation of its group."""
+    return [c.id for c in task.cell.cells] if isinstance(task.cell, EvalGroup) else [task.id]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -229,6 +246,7 @@ class SweepResult:
     records: list[dict]          # every record of the plan now in the store (this run's and earlier ones)
     added: int                   # records this run added
     stale: set[str]              # evaluation ids kept from another config (plan_status)
+    groups: list[list[str]] = field(default_factory=list)  # the evaluation tasks run (cell ids), in order
 
 
 def execute(plan: Plan, out: Path, *, local: bool, ray_address: str | None = None, max_parallel: int | None = None,
@@ -252,8 +270,9 @@ def execute(plan: Plan, out: Path, *, local: bool, ray_address: str | None = Non
         def handle(outcome: Outcome) -> None:
             nonlocal added
             newly_skipped = sched.finish(outcome)
-            if outcome.ok and outcome.kind == "evaluate":
-                added += bool(store.add(outcome.value, replace=rerun))
+            if outcome.kind == "evaluate":  # each record of the task (a failed task: those of its finished jobs)
+                for record in (outcome.value or {}).get("records", []):
+                    added += bool(store.add(record, replace=rerun))
             if not outcome.ok:
                 failed.append(outcome)
             skipped.extend(newly_skipped)
@@ -268,4 +287,4 @@ def execute(plan: Plan, out: Path, *, local: bool, ray_address: str | None = Non
         records = [r for e in plan.evals.values() for r in store.query(**e.key())]
         records += [r for e in plan.evals.values() if not e.config_hash  # hash known to the worker only
                     for r in store.query(**{k: v for k, v in e.key().items() if k != "config_hash"})]
-    return SweepResult(failed, skipped, records, added, status.stale)
+    return SweepResult(failed, skipped, records, added, status.stale, sched.groups)

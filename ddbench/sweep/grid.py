@@ -78,6 +78,52 @@ class EvalCell:
 
 
 @dataclass
+class EvalGroup:
+    """The evaluation cells one sweep task trains together: one distilled set, one protocol (with its overrides)
+    and one arch, so they differ in eval seed only and `runner.evaluate_cells` trains them as one multi-model
+    job, as `ddbench run --eval-seeds` does. Made by `eval_groups`, which the executor and the price share."""
+
+    cells: list[EvalCell]
+
+    @property
+    def id(self) -> str:
+        """The cell id for a group of one; "<distill id>/<protocol>/<arch>/e0+1+2" for several."""
+        first = self.cells[0]
+        if len(self.cells) == 1:
+            return first.id
+        return f"{first.distill}/{first.protocol}/{first.arch}/e{'+'.join(str(c.eval_seed) for c in self.cells)}"
+
+    @property
+    def distill(self) -> str:
+        return self.cells[0].distill
+
+    @property
+    def dataset(self) -> str:
+        return self.cells[0].dataset
+
+    @property
+    def protocol(self) -> str:
+        return self.cells[0].protocol
+
+    @property
+    def protocol_overrides(self) -> dict:
+        return self.cells[0].protocol_overrides
+
+    @property
+    def resources(self) -> dict:
+        return self.cells[0].resources
+
+
+def eval_groups(cells) -> list[EvalGroup]:
+    """Evaluation cells grouped into sweep tasks, in order of first appearance (see EvalGroup)."""
+    groups: dict[tuple, list[EvalCell]] = {}
+    for c in cells:
+        key = (c.distill, c.protocol, canonical_json(c.protocol_overrides), c.arch, c.config_hash)
+        groups.setdefault(key, []).append(c)
+    return [EvalGroup(g) for g in groups.values()]
+
+
+@dataclass
 class Plan:
     name: str
     distills: dict[str, DistillCell] = field(default_factory=dict)

@@ -8,18 +8,22 @@ device; it says what was measured, where, when and with which command:
                   "samples_s": 41000.0, "test_samples_s": 900000.0}, ...]}
 
 An evaluation cell trains epochs × (IPC · classes) samples (the protocol card's plan) and tests its network
-at the card's evaluation points. Cells that share dataset, protocol, network and IPC are one multi-model job,
-so a cell is priced at the throughput of the largest measured K not above its group's size. A cell without a
-matching entry (and every distillation: no table measures them yet) is shown as unknown, never guessed.
+at the card's evaluation points. The cells are grouped into tasks by `grid.eval_groups`, the function the
+executor schedules with (the eval seeds of one set, protocol and arch), and each task trains K of its networks
+at once by the runner's rule (`train_many.models_at_once`: on a CPU table K = 1; on a GPU all of the group, at
+most MAX_AT_ONCE — free memory, unknown before the run, can lower it, and the runner then halves K). A cell is
+priced at the throughput of the largest measured K not above its job's K. A cell without a matching entry (and
+every distillation: no table measures them yet) is shown as unknown, never guessed.
 """
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 
 from ..errors import ConfigError
 from ..train import eval_points
+from ..train_many import MAX_AT_ONCE, models_at_once
+from .grid import eval_groups
 
 COSTS_DIR = Path(__file__).resolve().parent.parent.parent / "leaderboards" / "costs"
 IMAGENET_VAL_PER_CLASS = 50  # ILSVRC-2012 val: the test split of every ImageNet subset
@@ -89,20 +93,31 @@ def _entry(table: dict, protocol: str, arch: str, ipc: int, group: int) -> dict 
     return max(rows, key=lambda e: (int(e.get("models_at_once", 1)), -abs(int(e.get("ipc", ipc)) - ipc)))
 
 
-def price_plan(plan, table: dict) -> dict:
-    """{"evaluate": hours, "distill": None, "unknown_evals": [cell ids], "cells": n}: device-hours of the
-    plan's evaluation cells at the table's throughputs (distillation has no measured table: unknown)."""
-    groups = Counter((e.dataset, e.protocol, e.arch, e.ipc) for e in plan.evals.values())
-    cache, hours, unknown = {}, 0.0, []
-    for cell in plan.evals.values():
-        work = _cell_work(cell, cache)
-        entry = _entry(table, cell.protocol, cell.arch, cell.ipc,
-                       groups[(cell.dataset, cell.protocol, cell.arch, cell.ipc)])
-        if work is None or entry is None:
-            unknown.append(cell.id)
-            continue
-        seconds = work["samples"] / float(entry["samples_s"])
-        if work["tests"] and entry.get("test_samples_s"):
-            seconds += work["passes"] * work["tests"] / float(entry["test_samples_s"])
-        hours += seconds / 3600
-    return {"evaluate": hours, "distill": None, "unknown_evals": unknown, "cells": len(plan.evals)}
+def job_models(n_cells: int, table: dict) -> int:
+    """K of a task of n_cells on the table's device, by the runner's rule (train_many.models_at_once). On a GPU
+    the rule reads the free memory, which only the run itself can: priced as if the group fits (MAX_AT_ONCE)."""
+    if str(table["device"]).lower().startswith("cpu"):
+        return models_at_once(None, "cpu", n_cells)
+    return max(1, min(n_cells, MAX_AT_ONCE))
+
+
+def price_plan(plan, table: dict, cells=None) -> dict:
+    """{"evaluate": hours, "distill": None, "unknown_evals": [cell ids], "cells": n, "groups": [{"cells": [ids],
+    "models_at_once": K}]}: device-hours of the evaluation cells (default: all of the plan's; `cells`: those to
+    run) as the executor groups them (grid.eval_groups), at the table's throughputs (distillation: unknown)."""
+    cells = list(plan.evals.values()) if cells is None else list(cells)
+    cache, hours, unknown, groups = {}, 0.0, [], []
+    for group in eval_groups(cells):
+        k = job_models(len(group.cells), table)
+        groups.append({"cells": [c.id for c in group.cells], "models_at_once": k})
+        for cell in group.cells:
+            work = _cell_work(cell, cache)
+            entry = _entry(table, cell.protocol, cell.arch, cell.ipc, k)
+            if work is None or entry is None:
+                unknown.append(cell.id)
+                continue
+            seconds = work["samples"] / float(entry["samples_s"])
+            if work["tests"] and entry.get("test_samples_s"):
+                seconds += work["passes"] * work["tests"] / float(entry["test_samples_s"])
+            hours += seconds / 3600
+    return {"evaluate": hours, "distill": None, "unknown_evals": unknown, "cells": len(cells), "groups": groups}

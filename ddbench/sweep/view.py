@@ -213,22 +213,25 @@ def print_failures(result, console: Console) -> None:
     console.print(table)
 
 
-def print_price(plan, tables: list[dict], console: Console) -> None:
-    """The estimated device-hours of the plan's evaluations under each measured throughput table."""
+def print_price(plan, tables: list[dict], console: Console, cells=None) -> None:
+    """The estimated device-hours of the evaluations to run (`cells`; default all of the plan's), grouped into
+    tasks as the executor groups them, under each measured throughput table."""
     from .price import price_plan
 
     if not tables:
         console.print("price: no throughput table in leaderboards/costs/ — estimate unknown (measure one with "
                       "python benchmarks/eval_throughput.py --write-costs leaderboards/costs/<device>.json)")
         return
-    table = Table(title=f"grid {plan.name}: estimated device-hours before running (measured throughput tables)")
+    table = Table(title=f"grid {plan.name}: estimated device-hours of the evaluations to run (measured throughput "
+                        "tables; the eval seeds of a set, protocol and arch train together, as the sweep runs them)")
     for col in ("device", "measured", "distill", "evaluate", "total", "cells priced"):
         table.add_column(col, justify="left" if col in ("device", "measured") else "right")
     for costs in tables:
-        price = price_plan(plan, costs)
+        price = price_plan(plan, costs, cells)
         known = price["cells"] - len(price["unknown_evals"])
-        evaluate = f"{price['evaluate']:.2f}" if known else "unknown"
-        total = f"≥ {price['evaluate']:.2f}" if known else "unknown"  # distillation is never priced yet
+        priced = known or not price["cells"]  # nothing left to run costs nothing
+        evaluate = f"{price['evaluate']:.2f}" if priced else "unknown"
+        total = f"≥ {price['evaluate']:.2f}" if priced else "unknown"  # distillation is never priced yet
         table.add_row(costs["device"], costs["date"], "unknown", evaluate, total, f"{known}/{price['cells']}")
     console.print(table)
     console.print("unknown: no measured entry (protocol, network) in the table; distillation has no table yet, so "
