@@ -170,14 +170,17 @@ def _describe_atom(atom: str) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
+UNKNOWN = "no rule: "  # how errors() marks a key without a rule (what follows lists the known keys)
+
+
 def errors(cfg: Mapping, rules: Mapping, prefix: str = "") -> list[tuple[str, Any, str]]:
-    """(dotted key, value, what is allowed) for every value of `cfg` that breaks its rule, or has none."""
+    """(dotted key, value, what is allowed) for every value of `cfg` that breaks its rule; a key without a rule
+    gets UNKNOWN + the known keys of its level."""
     out = []
     for key, value in cfg.items():
         name = f"{prefix}{key}"
         if key not in rules:
-            out.append((name, value, "no such key: it has no declared rule (declare one in the schema beside "
-                                     "the code that reads it, see docs/protocols.md#card-rules)"))
+            out.append((name, value, f"{UNKNOWN}known keys: {', '.join(sorted(map(str, rules)))}"))
             continue
         rule = rules[key]
         if isinstance(rule, str):
@@ -205,7 +208,13 @@ def validate(cfg: Mapping, rules: Mapping, *, where: str, overridden: Mapping | 
         return
     lines = []
     for key, value, allowed in bad:
-        if _lookup(overridden or {}, key) is not _MISSING:
+        given = _lookup(overridden or {}, key) is not _MISSING
+        if allowed.startswith(UNKNOWN):
+            known = allowed[len(UNKNOWN):]
+            lines.append(f"--set {prefix}{key}=...: there is no such key; {known}" if given else
+                         f"{where}: {key}={value!r} in the card has no declared rule; declare one in the `schema` "
+                         f"beside the code that reads it (docs/protocols.md#card-rules); {known}")
+        elif given:
             was = _lookup(card or {}, key)
             short = was is not _MISSING and was is not None and not isinstance(was, Mapping) and len(repr(was)) < 60
             shown = f" ({where} has {was!r})" if short else ""

@@ -40,7 +40,7 @@ def test_every_protocol_card_key_has_a_rule_that_its_value_passes(name):
 def test_a_key_without_a_rule_is_refused(monkeypatch):
     cls = method_registry().get("dit")
     monkeypatch.setattr(cls, "schema", {k: v for k, v in cls.schema.items() if k != "steps"})
-    with pytest.raises(ConfigError, match=r"method dit: steps=50 in the card: expected no such key"):
+    with pytest.raises(ConfigError, match=r"method dit: steps=50 in the card has no declared rule"):
         resolve_method_config("dit", "digits")
 
 
@@ -50,6 +50,8 @@ def test_null_passes_where_the_rule_allows_it():
     assert resolve_method_config("acs-minimax", "woof", {"finetune": {"epochs": None}})[1]["finetune"] == {"epochs": None}
     with pytest.raises(ConfigError, match=r"--set finetune.steps=None: expected a whole number ≥ 1 \(method"):
         resolve_method_config("minimax", "woof", {"finetune": {"steps": None}})
+    with pytest.raises(ConfigError, match=r"--set finetune.epochz=...: there is no such key; known keys: batch_size"):
+        resolve_method_config("acs-minimax", "woof", {"finetune": {"epochz": None}})  # the card's finetune is null
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -163,3 +165,12 @@ def test_evaluate_and_sweep_validate_the_same_way(tmp_path, capsys):
         err = capsys.readouterr().err
         assert says in err and "Traceback" not in err, err
     assert not (tmp_path / "runs" / "results.db").exists()
+
+
+def test_the_teacher_command_checks_its_recipe_before_reading_data(tmp_path, capsys):
+    code = main(["teacher", "train", "--dataset", "digits", "--arch", "convnet3_bn", "--set", "epochs=0",
+                 "--set", "augment=x", "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.splitlines() == ["ddbench: error: --set epochs=0: expected a whole number ≥ 1",
+                                              "--set augment='x': expected one of none, flip, rrc_flip"]
+    assert not (tmp_path / "cache").exists()
