@@ -60,6 +60,11 @@ class Method:
         self.name = card["name"]
         self.version = card.get("version", 1)
 
+    @classmethod
+    def check_config(cls, cfg: dict) -> None:
+        """Rules across keys that `schema` (one value each) cannot say, e.g. `low ≤ high`: raise ConfigError.
+        Called with every resolved config, after the schema check, so a bad pair fails before any work."""
+
     def prepare(self, ctx: Context) -> None:
         """Expensive one-off work (fine-tuning, teachers, mode discovery), cached under ctx.cache_dir."""
 
@@ -113,6 +118,7 @@ def resolve_method_config(name: str, dataset: str, overrides: dict | None = None
     if overrides:
         cfg = apply_overrides(deep_merge(cfg, {}), overrides, where=f"method {name}")
     validate(cfg, cls.schema, where=f"method {name}", overridden=overrides, card=card_cfg)
+    cls.check_config(cfg)
     return card, cfg
 
 

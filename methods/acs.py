@@ -223,6 +223,10 @@ class ACS(Method):
                        "max_steps": "int>=1?", "batch_size": "int>=1", "optimizer": OPTIMIZER_RULES,
                        "schedule": SCHEDULE_RULES, "augment": "choice[none|idc]"}}
 
+    @classmethod
+    def check_config(cls, cfg: dict) -> None:
+        full_sizes(1, cfg["schedule"])  # a non-empty list of positive counts
+
     def _base(self, ctx: Context) -> Method:
         over = {**self.cfg["sampling"], "finetune": self.cfg["finetune"]}  # finetune: base minimax only
         base = base_method(self.cfg["base"], ctx.spec.name, over)

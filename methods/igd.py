@@ -228,10 +228,14 @@ class IGD(Method):
                             "batch_size": "int>=1", "lr": "float>=0", "weight_decay": "float>=0",
                             "subset": "int>=1?", "seed": "int"}}
 
-    def _base(self, ctx: Context) -> Method:
-        if int(self.cfg["repeat"]) != 1:
-            raise ConfigError(f"igd repeat={self.cfg['repeat']}: only 1 (one guided update per step, the published "
+    @classmethod
+    def check_config(cls, cfg: dict) -> None:
+        if int(cfg["repeat"]) != 1:
+            raise ConfigError(f"igd repeat={cfg['repeat']}: only 1 (one guided update per step, the published "
                               "scripts' r=1) is implemented; set repeat=1")
+        guided_range(int(cfg["low"]), int(cfg["high"]), REFERENCE_STEPS)  # low ≤ high
+
+    def _base(self, ctx: Context) -> Method:
         over = {**self.cfg["sampling"], "finetune": self.cfg["finetune"]}  # finetune: base minimax only
         base = base_method(self.cfg["base"], ctx.spec.name, over)
         if base.cfg.get("sampler") == "ddim" and self.cfg["inject"] == "mean":

@@ -65,6 +65,8 @@ BAD_RUNS = [
     (["--method", "igd", "--set", "checkpoints=3"], "--set checkpoints=3: expected a list [...]"),
     (["--method", "herding", "--set", "feature_recipe=3"], "--set feature_recipe=3: expected a mapping of"),
     (["--method", "igd", "--set", "grad_chunk=0"], "--set grad_chunk=0: expected a whole number ≥ 1"),
+    (["--method", "igd", "--set", "low=46"], "igd low=46, high=45: need 0 ≤ low ≤ high"),  # Method.check_config
+    (["--method", "acs", "--set", "schedule=[]"], "ACS schedule [] must be a non-empty list"),
     (["--method", "igd", "--set", "inject=both"], "--set inject='both': expected one of mean, eps"),
     (["--method", "igd", "--set", "surrogate.arch=convnet99"], "--set surrogate.arch='convnet99': expected a network"),
     (["--method", "random", "--protocol", "rded", "--set", "protocol.eval_every=0"],
