@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from .augment import cutmix, to_float
 from .errors import ConfigError
-from .schema import Section, choice
+from .schema import choice
 
 # ---------------------------------------------------------------------------------------------------------
 # Optimiser and learning-rate schedule
@@ -39,7 +39,6 @@ OPTIMIZER_RULES = {"name": choice(OPTIMIZERS), "lr": "float>=0", "weight_decay":
                    "momentum": "float[0..1]", "nesterov": "bool", "betas": "tuple[float[0..1], float[0..1]]"}
 SCHEDULE_RULES = {"name": choice(SCHEDULES), "gamma": "float>=0", "milestones": "list[int>=0]",
                   "milestone_fractions": "list[tuple[int>=0, int>=1]]"}
-OPTIMIZER_SECTION, SCHEDULE_SECTION = Section(OPTIMIZER_RULES), Section(SCHEDULE_RULES)
 
 
 def param_groups(net: nn.Module, weight_decay: float, wd_on_1d: bool = True,

@@ -30,7 +30,8 @@ from ddbench.schema import choice, nullable
 from ddbench.teacher import RECIPE_RULES
 from ddbench.protocols.hard import aligned_labels, to_resolution
 from ddbench.ddp import maybe_wrap_ddp
-from ddbench.train import OPTIMIZER_RULES, SCHEDULE_RULES, build_optimizer, device_generator, evaluate_accuracy, lr_factor
+from ddbench.train import (OPTIMIZER_RULES, SCHEDULE_RULES, build_optimizer, device_generator, evaluate_accuracy,
+                           lr_factor)
 from ddbench.safeload import load_tensors
 from ddbench.train_many import evaluate_accuracies
 

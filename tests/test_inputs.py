@@ -47,7 +47,8 @@ def test_a_key_without_a_rule_is_refused(monkeypatch):
 def test_null_passes_where_the_rule_allows_it():
     # minimax's own way to say "use steps": the woof card has epochs 8, the embedded cards null
     assert resolve_method_config("minimax", "woof", {"finetune": {"epochs": None}})[1]["finetune"]["epochs"] is None
-    assert resolve_method_config("acs-minimax", "woof", {"finetune": {"epochs": None}})[1]["finetune"] == {"epochs": None}
+    acs = resolve_method_config("acs-minimax", "woof", {"finetune": {"epochs": None}})[1]
+    assert acs["finetune"] == {"epochs": None}
     with pytest.raises(ConfigError, match=r"--set finetune.steps=None: expected a whole number ≥ 1 \(method"):
         resolve_method_config("minimax", "woof", {"finetune": {"steps": None}})
     with pytest.raises(ConfigError, match=r"--set finetune.epochz=...: there is no such key; known keys: batch_size"):
