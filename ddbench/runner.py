@@ -50,16 +50,24 @@ class RunRequest:
 DEVICE_TYPES = ("cpu", "cuda")
 
 
-def resolve_device(name: str) -> torch.device:
-    """`--device` -> a torch.device this machine has: auto, cpu, cuda or cuda:N with N below the visible count."""
+def parse_device(name: str) -> torch.device | None:
+    """`--device` as written -> torch.device (None for auto); refuses what is no cpu / cuda device at all."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return None
     try:
         device = torch.device(name)
     except (RuntimeError, ValueError, TypeError):
         device = None
     if device is None or device.type not in DEVICE_TYPES:
         raise ConfigError(f"--device {name!r} is not a device ddbench can use; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def resolve_device(name: str) -> torch.device:
+    """`--device` -> a torch.device this machine has: auto, cpu, cuda or cuda:N with N below the visible count."""
+    device = parse_device(name)
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count == 0:

@@ -167,6 +167,9 @@ def test_evaluate_and_sweep_validate_the_same_way(tmp_path, capsys):
         assert main(["sweep", str(path), "--out", str(tmp_path / "runs"), "--local", "--device", "cpu"]) == 2
         err = capsys.readouterr().err
         assert says in err and "Traceback" not in err, err
+    path.write_text(yaml.safe_dump({**grid, "methods": ["random"], "eval_seeds": [0]}))
+    assert main(["sweep", str(path), "--out", str(tmp_path / "runs"), "--local", "--device", "gpu0"]) == 2
+    assert "--device 'gpu0' is not a device ddbench can use" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "results.db").exists()
 
 
