@@ -49,7 +49,8 @@ def deep_merge(base: dict, over: dict) -> dict:
 
 
 def parse_int_list(text: str) -> list[int]:
-    """'0,1,2' or '0-4' (or a mix, '0-2,7') -> ints; an empty or descending range is an error, not nothing."""
+    """'0,1,2' or '0-4' (or a mix, '0-2,7') -> ints; an empty or descending range is an error, not nothing, and
+    a number given twice is an error too (seed 0 trained twice would count as two results of one set)."""
     out = []
     for part in str(text).split(","):
         lo, sep, hi = part.strip().partition("-")
@@ -60,7 +61,15 @@ def parse_int_list(text: str) -> list[int]:
         if hi_i < lo_i:
             raise ConfigError(f"{text!r}: the range {part.strip()} is empty; write it low-high, e.g. {hi_i}-{lo_i}")
         out += list(range(lo_i, hi_i + 1))
+    check_unique(out, repr(str(text)))
     return out
+
+
+def check_unique(values: list, what: str) -> None:
+    """Refuse a list that names a value twice (one line: which value, and that each is given once)."""
+    twice = sorted({v for v in values if values.count(v) > 1})
+    if twice:
+        raise ConfigError(f"{what} names {', '.join(map(str, twice))} more than once; list each value once")
 
 
 def parse_overrides(items: Iterable[str]) -> dict:
@@ -76,16 +85,24 @@ def parse_overrides(items: Iterable[str]) -> dict:
             value = raw
         node = out
         parts = key.strip().split(".")
-        for p in parts[:-1]:
+        for i, p in enumerate(parts[:-1]):
             node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                first = ".".join(parts[:i + 1])
+                raise ConfigError(f"--set {item}: {first} was already set to {node!r} by an earlier --set; a key "
+                                  f"takes either a value or sub-keys ({first}.KEY=...), not both")
+        if isinstance(node.get(parts[-1]), dict) and not isinstance(value, dict):
+            raise ConfigError(f"--set {item}: {key.strip()} already has sub-keys from an earlier --set "
+                              f"({key.strip()}.KEY=...); a key takes either a value or sub-keys, not both")
         node[parts[-1]] = value
     return out
 
 
 def apply_overrides(cfg: dict, overrides: dict, *, known: dict | None = None, where: str = "config",
                     prefix: str = "") -> dict:
-    """Merge overrides into cfg, refusing keys that `known` (default: cfg) does not have and values that do not
-    fit the card's (`check_value`). `prefix` is how the user names this level (e.g. "protocol.")."""
+    """Merge overrides into cfg, refusing keys that `known` (default: cfg) does not have. Values are checked
+    afterwards, on the whole resolved config, against the declared rules (ddbench.schema). `prefix` is how the
+    user names this level (e.g. "protocol.")."""
     known = cfg if known is None else known
     for k, v in overrides.items():
         if k not in known:
@@ -97,37 +114,8 @@ def apply_overrides(cfg: dict, overrides: dict, *, known: dict | None = None, wh
         if isinstance(v, dict) and isinstance(known[k], dict):
             apply_overrides(cfg.setdefault(k, {}), v, known=known[k], where=f"{where}.{k}", prefix=f"{prefix}{k}.")
         else:
-            check_value(f"{prefix}{k}", v, known[k])
             cfg[k] = v
     return cfg
-
-
-# Keys (the last part of the name) whose numbers count something: a positive integer, or the run breaks late.
-_COUNT_SUFFIXES = ("epochs", "steps", "batch_size", "_batch", "iterations", "eval_points")
-
-
-def check_value(key: str, value: Any, card_value: Any) -> None:
-    """A `--set key=value` must fit the card: true/false where the card has a flag, a whole number ≥ 1 for a count
-    (epochs, steps, batch sizes), a number ≥ 0 for a learning rate, a number (or a word: some cards take one,
-    e.g. `cfg_channels: all`) where the card has a number. One line naming key, value and what is allowed."""
-    if value is None and card_value is None:  # null stays null ("no cap", "the default")
-        return
-    name = key.rsplit(".", 1)[-1]
-    is_count = any(name.endswith(s) for s in _COUNT_SUFFIXES) and not isinstance(card_value, (str, list, dict))
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    expected = None
-    if isinstance(card_value, bool) and not isinstance(value, bool):
-        expected = "true or false"
-    elif is_count and not (number and isinstance(value, int) and value >= 1):
-        expected = "a whole number ≥ 1"
-    elif (name == "lr" or name.endswith("_lr")) and not (number and value >= 0):
-        expected = "a number ≥ 0"  # 0 is allowed: a run that learns nothing is a sanity check
-    elif isinstance(card_value, (int, float)) and not isinstance(card_value, bool) \
-            and not (number or isinstance(value, str)):
-        expected = "a number"
-    if expected is not None:
-        shown = "" if card_value is None else f" (the card has {card_value!r})"
-        raise ConfigError(f"--set {key}={value!r}: expected {expected}{shown}")
 
 
 def canonical_json(obj: Any) -> str:

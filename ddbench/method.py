@@ -18,6 +18,7 @@ import torch
 from .config import apply_overrides, config_hash, deep_merge, load_card
 from .errors import ConfigError
 from .registry import Registry
+from .schema import validate
 
 
 @dataclass
@@ -45,15 +46,24 @@ class Context:
 
 
 class Method:
-    """Base class: subclasses set `defaults` and implement `distill` (and `prepare` if they need it)."""
+    """Base class: subclasses set `defaults` and `schema` and implement `distill` (and `prepare` if they need it).
+
+    `schema` declares a rule for every config key (ddbench.schema: `int>=1`, `prob`, `choice[a|b]`, ...): the
+    resolved config is checked against it before any work, and a card key without a rule is refused."""
 
     defaults: ClassVar[dict] = {}
+    schema: ClassVar[dict] = {}
 
     def __init__(self, card: dict, cfg: dict):
         self.card = card
         self.cfg = cfg
         self.name = card["name"]
         self.version = card.get("version", 1)
+
+    @classmethod
+    def check_config(cls, cfg: dict) -> None:
+        """Rules across keys that `schema` (one value each) cannot say, e.g. `low ≤ high`: raise ConfigError.
+        Called with every resolved config, after the schema check, so a bad pair fails before any work."""
 
     def prepare(self, ctx: Context) -> None:
         """Expensive one-off work (fine-tuning, teachers, mode discovery), cached under ctx.cache_dir."""
@@ -95,7 +105,7 @@ def method_card(name: str) -> dict:
 
 
 def resolve_method_config(name: str, dataset: str, overrides: dict | None = None) -> tuple[dict, dict]:
-    """(card, resolved config) for `name` on `dataset`."""
+    """(card, resolved config) for `name` on `dataset`; every value checked against the class's `schema`."""
     card = method_card(name)
     cls = method_registry().get(name)
     cfg = deep_merge(dict(cls.defaults), card.get("defaults") or {})
@@ -104,8 +114,11 @@ def resolve_method_config(name: str, dataset: str, overrides: dict | None = None
     for key in (family, dataset):
         if key in per_dataset:
             cfg = deep_merge(cfg, per_dataset[key])
+    card_cfg = cfg
     if overrides:
-        cfg = apply_overrides(cfg, overrides, where=f"method {name}")
+        cfg = apply_overrides(deep_merge(cfg, {}), overrides, where=f"method {name}")
+    validate(cfg, cls.schema, where=f"method {name}", overridden=overrides, card=card_cfg)
+    cls.check_config(cfg)
     return card, cfg
 
 

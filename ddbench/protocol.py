@@ -24,8 +24,10 @@ import torch
 from .config import apply_overrides, deep_merge, load_card
 from .errors import ConfigError
 from .registry import suggest
+from .schema import validate
 
 FIXED_KEYS = ("family", "version", "name")  # identify a card; `--set` may not change them
+META_KEYS = FIXED_KEYS + ("description", "citation")  # describe a card; everything else has a rule (`schema`)
 
 # ---------------------------------------------------------------------------------------------------------
 # Result and base class
@@ -62,6 +64,7 @@ class Protocol:
 
     family: ClassVar[str] = ""
     defaults: ClassVar[dict] = {}  # code defaults, under the card (code < card < --set)
+    schema: ClassVar[dict] = {}  # a rule for every card key but META_KEYS (ddbench.schema), checked on loading
 
     def __init__(self, card: dict):
         self.card = card
@@ -209,5 +212,8 @@ def load_protocol(name: str, overrides: dict | None = None) -> Protocol:
         if key in overrides and overrides[key] != card.get(key):
             raise ConfigError(f"--set protocol.{key}=...: a card's {key} cannot be overridden; "
                               f"write a new card protocols/<name>.yaml instead")
-    card = apply_overrides(card, overrides, where=f"protocol card {name}", prefix="protocol.")
+    card_only = card
+    card = apply_overrides(deep_merge(card, {}), overrides, where=f"protocol card {name}", prefix="protocol.")
+    validate({k: v for k, v in card.items() if k not in META_KEYS}, cls.schema, where=f"protocol card {name}",
+             overridden=overrides, card=card_only, prefix="protocol.")
     return cls(card)

@@ -21,11 +21,12 @@ from . import ddp
 from .budget import record_budget
 from .data import get_dataset, list_files, load_split
 from .cellhash import cell_config_hash, check_weights, used_weights
+from .config import check_unique
 from .data.gates import check_class_order
 from .distilled import MANIFEST, DistilledSet
 from .errors import ConfigError, DataError, ResourceError
 from .method import Context, default_cache_dir, load_method
-from .protocol import load_protocol
+from .protocol import META_KEYS, load_protocol
 from .store import ResultStore, code_version
 
 
@@ -46,12 +47,35 @@ class RunRequest:
     rerun: bool = False  # evaluate every cell anew, replacing records of the same config hash
 
 
-def resolve_device(name: str) -> torch.device:
+DEVICE_TYPES = ("cpu", "cuda")
+
+
+def parse_device(name: str) -> torch.device | None:
+    """`--device` as written -> torch.device (None for auto); refuses what is no cpu / cuda device at all."""
     if name == "auto":
+        return None
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        device = None
+    if device is None or device.type not in DEVICE_TYPES:
+        raise ConfigError(f"--device {name!r} is not a device ddbench can use; use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def resolve_device(name: str) -> torch.device:
+    """`--device` -> a torch.device this machine has: auto, cpu, cuda or cuda:N with N below the visible count."""
+    device = parse_device(name)
+    if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA device is visible; use --device cpu")
-    return torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {name}: no CUDA device is visible; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise ConfigError(f"--device {name}: this machine has {count} visible CUDA device(s), "
+                              f"cuda:0 to cuda:{count - 1}; choose one of those")
+    return device
 
 
 def device_name(device: torch.device) -> str:
@@ -142,18 +166,19 @@ def run(req: RunRequest, progress=None, log=print) -> list[dict]:
     Every input is checked before the first expensive step (distilling, the set metrics, evaluation): names,
     card values after `--set`, networks, data files, and the weights files given; a bad one leaves nothing behind.
     """
+    check_unique(req.seeds, "--seeds")
+    check_unique(req.eval_seeds, "--eval-seeds")
+    device = resolve_device(req.device)
     distributed = ddp.setup()  # under torchrun: one process per GPU, rank 0 distils and writes the store
     if distributed and not ddp.is_main():
         log = lambda *_: None  # noqa: E731  (only rank 0 speaks)
     spec = get_dataset(req.dataset, imagenet_root=req.options.get("imagenet_root"),
                        data_root=req.options.get("data_root"))
     protocol_name = req.protocol or default_protocol(spec)
-    protocol = load_protocol(protocol_name, req.protocol_overrides)
-    method = load_method_for_run(req.method, spec.name, req.method_overrides, protocol)
+    protocol, method = load_configs(req, spec.name, protocol_name)
     check_ipc(spec, req.ipc, method.card.get("kind", ""))
     archs = req.archs or [default_arch(protocol, spec)]
     check_archs(archs)
-    device = resolve_device(req.device)
     if distributed and device.type == "cuda":
         device = torch.device("cuda", ddp.env_world()[1])
     info = {"method_version": method.version, "method_config": method.cfg, "method_kind": method.card.get("kind", "")}
@@ -195,14 +220,30 @@ def run(req: RunRequest, progress=None, log=print) -> list[dict]:
     return records
 
 
+def load_configs(req: RunRequest, dataset: str, protocol_name: str):
+    """(protocol, method) of the request; the errors of both configs are reported together, one line each."""
+    problems, protocol, method = [], None, None
+    try:
+        protocol = load_protocol(protocol_name, req.protocol_overrides)
+    except ConfigError as e:
+        problems.append(str(e))
+    try:
+        method = load_method_for_run(req.method, dataset, req.method_overrides, protocol)
+    except ConfigError as e:
+        problems.append(str(e))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return protocol, method
+
+
 def load_method_for_run(name: str, dataset: str, overrides: dict, protocol):
     """load_method; an unknown `--set` key also lists the protocol's keys (it may have been meant for them)."""
     try:
         return load_method(name, dataset, overrides)
     except ConfigError as e:
-        if "has no key" not in str(e):
+        if "has no key" not in str(e) or protocol is None:
             raise
-        keys = sorted(k for k in protocol.card if k not in ("family", "version", "name", "description", "citation"))
+        keys = sorted(k for k in protocol.card if k not in META_KEYS)
         raise ConfigError(f"{e} Protocol settings are set with --set protocol.KEY=VALUE; {protocol.name} has: "
                           f"{', '.join(keys)}.") from None
 
@@ -316,12 +357,13 @@ def evaluate_folder(path: Path, dataset: str, name: str | None, protocol_name: s
 
     The config hash covers the set's content (sha256), not the folder's path: the same set scored from another
     place answers from the store, a changed set is evaluated anew."""
+    check_unique(eval_seeds, "--eval-seeds")
+    dev = resolve_device(device)
     spec = get_dataset(dataset, imagenet_root=options.get("imagenet_root"), data_root=options.get("data_root"))
     protocol_name = protocol_name or default_protocol(spec)
     protocol = load_protocol(protocol_name, protocol_overrides)
     archs = archs or [default_arch(protocol, spec)]
     check_archs(archs)
-    dev = resolve_device(device)
     check_weights(used_weights("", {}, protocol, spec, options))
     dset = DistilledSet.load(path, classes=spec.classes, size=spec.resolution, channels=spec.channels)
     check_class_order(dset.classes, spec, f"distilled set {path}")

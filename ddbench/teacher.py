@@ -37,7 +37,8 @@ from .data.gates import check_class_order
 from .errors import ConfigError, DataError
 from .safeload import load_tensors
 from .nets import build_net
-from .train import build_optimizer, device_generator, lr_factor
+from .schema import choice
+from .train import OPTIMIZERS, SCHEDULES, build_optimizer, device_generator, lr_factor
 
 # ---------------------------------------------------------------------------------------------------------
 # Defaults: BatchNorm nets (the BN-statistics loss needs running statistics)
@@ -54,6 +55,11 @@ RECIPES = {
                  "input_size": 224, "subset": None, "seed": 0, "chunk_epochs": 5},
 }
 AUGMENTS = ("none", "flip", "rrc_flip")
+# Card rules (ddbench.schema) of a recipe mapping (`teacher_recipe:`, `feature_recipe:`, `teacher.recipe:`)
+RECIPE_RULES = {"epochs": "int>=1", "batch_size": "int>=1", "optimizer": choice(OPTIMIZERS), "lr": "float>=0",
+                "momentum": "float[0..1]", "weight_decay": "float>=0", "schedule": choice(SCHEDULES),
+                "augment": choice(AUGMENTS), "min_crop": "prob", "input_size": "int>=1?", "subset": "int>=1?",
+                "seed": "int", "chunk_epochs": "int>=1"}
 
 
 def default_arch(spec) -> str:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .augment import cutmix, to_float
 from .errors import ConfigError
+from .schema import choice
 
 # ---------------------------------------------------------------------------------------------------------
 # Optimiser and learning-rate schedule
@@ -32,6 +33,12 @@ from .errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("constant", "multistep", "step_half", "cosine", "cosine_rded")
+
+# Card rules (ddbench.schema) of an `optimizer:` and a `schedule:` section, shared by every card that has one
+OPTIMIZER_RULES = {"name": choice(OPTIMIZERS), "lr": "float>=0", "weight_decay": "float>=0", "wd_on_1d": "bool",
+                   "momentum": "float[0..1]", "nesterov": "bool", "betas": "tuple[float[0..1], float[0..1]]"}
+SCHEDULE_RULES = {"name": choice(SCHEDULES), "gamma": "float>=0", "milestones": "list[int>=0]",
+                  "milestone_fractions": "list[tuple[int>=0, int>=1]]"}
 
 
 def param_groups(net: nn.Module, weight_decay: float, wd_on_1d: bool = True,

@@ -33,9 +33,12 @@ from ddbench.diffusion.generator import SAMPLERS
 from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
 from ddbench.method import Context, Method
-from ddbench.methods.mgd3 import base_generator, base_method, guided_distill_key  # the same base-generator mechanism as MGD³
+from ddbench.methods.dit import GUIDED_SAMPLING_RULES
+from ddbench.methods.mgd3 import BASES, base_generator, base_method, guided_distill_key  # the same base-generator mechanism as MGD³
+from ddbench.methods.minimax import FINETUNE_RULES
+from ddbench.schema import choice, nullable
 from ddbench.nets import build_net
-from ddbench.train import evaluate_accuracy, train_classifier
+from ddbench.train import OPTIMIZER_RULES, SCHEDULE_RULES, evaluate_accuracy, train_classifier
 
 SCHEDULE = (5, 5, 10, 30, 50)  # images per class of each curriculum for IPC 100 (paper §III-A)
 
@@ -214,6 +217,15 @@ class ACS(Method):
                 "disc": {"arch": "resnetap10", "arch_kw": None, "resolution": None, "epochs": 100, "max_steps": None, "batch_size": 64,
                          "optimizer": {"name": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 0.0005},
                          "schedule": {"name": "cosine"}, "augment": "none"}}
+    schema = {"base": choice(BASES), "sampling": GUIDED_SAMPLING_RULES, "finetune": nullable(FINETUNE_RULES),
+              "g": "float>=0", "schedule": "list[int>=1]", "guided_batch_size": "int>=1?",
+              "disc": {"arch": "arch", "arch_kw": "dict?", "resolution": "int>=1?", "epochs": "int>=1",
+                       "max_steps": "int>=1?", "batch_size": "int>=1", "optimizer": OPTIMIZER_RULES,
+                       "schedule": SCHEDULE_RULES, "augment": "choice[none|idc]"}}
+
+    @classmethod
+    def check_config(cls, cfg: dict) -> None:
+        full_sizes(1, cfg["schedule"])  # a non-empty list of positive counts
 
     def _base(self, ctx: Context) -> Method:
         over = {**self.cfg["sampling"], "finetune": self.cfg["finetune"]}  # finetune: base minimax only

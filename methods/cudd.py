@@ -26,6 +26,7 @@ import torch.nn as nn
 from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
 from ddbench.method import Context
+from ddbench.schema import choice
 
 from ddbench.methods.sre2l import SRe2L, class_batches, freeze, normalise, recover, relabel, to_uint8
 
@@ -171,6 +172,11 @@ class CUDD(SRe2L):
         "student_weight_decay": 0.01, "student_temperature": 20.0, "student_min_crop": 0.08,
         "init_chunk": 256, "init_frame": "crop",
     }
+    schema = {**SRe2L.schema, "alpha_reg": "float>=0", "alpha_adv": "float>=0", "curricula": "list[int>=1]?",
+              "student_arch": "arch?", "student_epochs": "int>=1", "student_batch": "int>=1",
+              "student_lr": "float>=0", "student_lr_continue": "float>=0", "student_weight_decay": "float>=0",
+              "student_temperature": "float>0", "student_min_crop": "prob", "init_chunk": "int>=1",
+              "init_frame": choice(FRAMES)}
 
     def student_plan(self, n: int, lr: float, size: int) -> dict:
         c = self.cfg

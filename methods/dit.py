@@ -13,10 +13,22 @@ import time
 
 import torch
 
-from ddbench.diffusion.fast import resolve_compile, resolve_precision
-from ddbench.diffusion.generator import load_generator
+from ddbench.diffusion.fast import SWITCH_RULE, resolve_compile, resolve_precision
+from ddbench.diffusion.generator import SAMPLERS, load_generator
+from ddbench.diffusion.train import PRESETS
 from ddbench.distilled import DistilledSet
 from ddbench.method import Context, Method
+from ddbench.schema import nullable
+
+
+# Card rules (ddbench.schema) of the sampling keys; mgd3 / acs / igd take them, nullable, under `sampling:`
+SAMPLING_RULES = {
+    "dit": "path?", "vae": "path?",
+    "generator": f"choice[{'|'.join(PRESETS)}] | dict",  # a preset, or {preset: ..., key: value} (docs/generators.md)
+    "steps": "int>=1", "sampler": f"choice[{'|'.join(SAMPLERS)}]", "cfg_scale": "float>=0",
+    "cfg_channels": "int>=1 | choice[all]", "batch_size": "int>=1", "autocast": SWITCH_RULE,
+}
+GUIDED_SAMPLING_RULES = {k: nullable(r) for k, r in SAMPLING_RULES.items()}  # null = the base card's value
 
 
 class DiTSampling(Method):
@@ -24,6 +36,7 @@ class DiTSampling(Method):
 
     defaults = {"dit": None, "vae": None, "generator": "cpu", "steps": 50, "sampler": "ddpm", "cfg_scale": 4.0,
                 "cfg_channels": 3, "batch_size": 32, "autocast": "auto", "compile": "auto"}
+    schema = {**SAMPLING_RULES, "compile": SWITCH_RULE}
 
     def prepare(self, ctx: Context) -> None:
         resolve_precision(self.cfg["autocast"], ctx.device)  # a bad autocast / compile value fails here, before

@@ -38,7 +38,11 @@ from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
 from ddbench.method import Context, Method
 from ddbench.methods.acs import SAMPLING_KEYS, differentiable_decoder
-from ddbench.methods.mgd3 import REFERENCE_STEPS, _atomic_save, base_generator, base_method, guided_distill_key
+from ddbench.methods.dit import GUIDED_SAMPLING_RULES
+from ddbench.methods.mgd3 import (BASES, REFERENCE_STEPS, _atomic_save, base_generator, base_method,
+                                  guided_distill_key)
+from ddbench.methods.minimax import FINETUNE_RULES
+from ddbench.schema import choice, nullable
 from ddbench.nets import build_net
 from ddbench.safeload import CACHE_FIX, load_tensors
 
@@ -215,11 +219,23 @@ class IGD(Method):
                 "checkpoints": [0, 5, 16, 40], "threshold": 0.7,
                 "surrogate": {"arch": "convnet6", "arch_kw": None, "resolution": None, "epochs": 50, "batch_size": 64,
                               "lr": 1e-3, "weight_decay": 0.01, "subset": None, "seed": 0}}
+    schema = {"base": choice(BASES), "sampling": GUIDED_SAMPLING_RULES, "finetune": nullable(FINETUNE_RULES),
+              "k": "float>=0", "gamma": "float>=0", "low": f"int[0..{REFERENCE_STEPS - 1}]",
+              "high": f"int[0..{REFERENCE_STEPS - 1}]", "inject": choice(INJECT), "memory_size": "int>=0",
+              "batch_size": "int>=1", "repeat": "int>=1", "grad_ipc": "int>=1", "grad_chunk": "int>=1",
+              "checkpoints": "list[int>=0] | choice[auto]", "threshold": "float[-1..1]",
+              "surrogate": {"arch": "arch", "arch_kw": "dict?", "resolution": "int>=1?", "epochs": "int>=1",
+                            "batch_size": "int>=1", "lr": "float>=0", "weight_decay": "float>=0",
+                            "subset": "int>=1?", "seed": "int"}}
+
+    @classmethod
+    def check_config(cls, cfg: dict) -> None:
+        if int(cfg["repeat"]) != 1:
+            raise ConfigError(f"igd repeat={cfg['repeat']}: only 1 (one guided update per step, the published "
+                              "scripts' r=1) is implemented; set repeat=1")
+        guided_range(int(cfg["low"]), int(cfg["high"]), REFERENCE_STEPS)  # low ≤ high
 
     def _base(self, ctx: Context) -> Method:
-        if int(self.cfg["repeat"]) != 1:
-            raise ConfigError(f"igd repeat={self.cfg['repeat']}: only 1 (one guided update per step, the published "
-                              "scripts' r=1) is implemented; set repeat=1")
         over = {**self.cfg["sampling"], "finetune": self.cfg["finetune"]}  # finetune: base minimax only
         base = base_method(self.cfg["base"], ctx.spec.name, over)
         if base.cfg.get("sampler") == "ddim" and self.cfg["inject"] == "mean":

@@ -35,12 +35,15 @@ from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
 from ddbench.safeload import load_tensors
 from ddbench.method import Context, Method
+from ddbench.methods.dit import GUIDED_SAMPLING_RULES
+from ddbench.schema import choice
 
 REFERENCE_STEPS = 50  # t_stop is given on the paper's 50-step scale and rescaled for other step counts
 INJECT = ("mean", "eps")
 MODES = ("centroid", "closest")
 SAMPLERS = ("ddpm", "ddim")
 CROPS = ("adm", "resize")
+BASES = ("dit", "minimax")  # the generators a guidance method can guide (mgd3, acs, igd: `base:`)
 
 
 # ---------------------------------------------------------------------- mode discovery
@@ -143,6 +146,9 @@ class MGD3(Method):
                                                                "cfg_scale", "cfg_channels", "batch_size", "autocast")},
                 "scale": 0.1, "t_stop": 25, "inject": "mean", "modes": "centroid", "kmeans_seed": 0,
                 "discovery_flip": True, "discovery_crop": "adm", "encode_batch": 64}
+    schema = {"base": choice(BASES), "sampling": GUIDED_SAMPLING_RULES, "scale": "float>=0",
+              "t_stop": f"int[0..{REFERENCE_STEPS}]", "inject": choice(INJECT), "modes": choice(MODES),
+              "kmeans_seed": "int", "discovery_flip": "bool", "discovery_crop": choice(CROPS), "encode_batch": "int>=1"}
 
     def _base(self, ctx: Context) -> Method:
         base = base_method(self.cfg["base"], ctx.spec.name, self.cfg["sampling"])

@@ -48,6 +48,15 @@ FINETUNE = dict(
     diffusion_steps=1000, beta_start=1e-4, beta_end=0.02,  # DiT's linear schedule (the base's, if it says)
     checkpoint_every=1000, log_every=100,
 )
+FINETUNE_RULES = dict(
+    steps="int>=1", epochs="int>=1?", batch_size="int>=1",  # epochs null: `steps` alone sets the length
+    lr="float>=0", weight_decay="float>=0", ema_decay="prob",
+    lambda_r="float>=0", lambda_d="float>=0", memory_size="int>=1",
+    difffit_blocks="int>=0?", phase_classes="int>=1?",
+    hflip="bool", seed="int", precision="choice[bf16|fp32]",
+    diffusion_steps="int>=1", beta_start="float>0", beta_end="float>0",
+    checkpoint_every="int>=1", log_every="int>=1",
+)
 SCHEDULE_KEYS = ("diffusion_steps", "beta_start", "beta_end")
 NOT_IN_KEY = ("checkpoint_every", "log_every", "phase_classes")  # bookkeeping: never changes the weights
 
@@ -290,6 +299,7 @@ class Minimax(Method):
     """Fine-tune (prepare, cached), then sample IPC images per class as `dit` does."""
 
     defaults = {**DiTSampling.defaults, "finetune": dict(FINETUNE)}
+    schema = {**DiTSampling.schema, "finetune": FINETUNE_RULES}
 
     def prepare(self, ctx: Context) -> None:
         self.generator(ctx)

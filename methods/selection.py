@@ -17,6 +17,8 @@ import torch
 from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
 from ddbench.method import Context, Method
+from ddbench.schema import choice
+from ddbench.teacher import RECIPE_RULES
 
 
 # ---------------------------------------------------------------------- greedy selection rules
@@ -100,6 +102,7 @@ class _FeatureSelection(_Selection):
     """Herding / k-center: greedy in the feature space of a network trained on the real train split."""
 
     defaults = {"feature_arch": "convnet3", "feature_recipe": {}}
+    schema = {"feature_arch": "arch", "feature_recipe": RECIPE_RULES}  # the recipe keys of ddbench.teacher
 
     def features(self, ctx: Context) -> torch.Tensor:
         from ddbench.features import real_features
@@ -132,6 +135,7 @@ def first_centre(feats: torch.Tensor, rule: str, gen: torch.Generator) -> int:
 
 class KCenter(_FeatureSelection):
     defaults = {**_FeatureSelection.defaults, "first_centre": "mean"}
+    schema = {**_FeatureSelection.schema, "first_centre": choice(FIRST_CENTRES)}
 
     def select(self, ctx, idx, ipc, gen):
         feats = self._feats[idx]

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from ddbench.bnloss import BNStatsLoss
 from ddbench.distilled import DistilledSet
 from ddbench.method import Context, Method
+from ddbench.schema import nullable
+from ddbench.teacher import RECIPE_RULES
 
 # ---------------------------------------------------------------------------------------------------------
 # Pixel space: uint8 <-> normalised float
@@ -196,6 +198,10 @@ class SRe2L(Method):
         "batch_size": 100,  # classes per batch (one image each)
         "r_bn": 0.01, "first_bn_multiplier": 10.0, "jitter": 32, "min_crop": 0.08,
     }
+    schema = {"teacher_arch": "arch?", "teacher_recipe": nullable(RECIPE_RULES), "teacher_path": "path?",
+              "image_size": "int>=1?", "iterations": "int>=1", "lr": "float>=0",
+              "betas": "tuple[float[0..1], float[0..1]]", "weight_decay": "float>=0", "batch_size": "int>=1",
+              "r_bn": "float>=0", "first_bn_multiplier": "float>=0", "jitter": "int>=0", "min_crop": "prob"}
 
     def teacher(self, ctx: Context) -> nn.Module:
         from ddbench.teacher import teacher_for

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import torch
 
-from ddbench.augment import DSAugment, IDCAugment, Normalize, resize_center_crop, to_float, to_uint8
+from ddbench.augment import DSA_OPS, DSAugment, IDCAugment, Normalize, resize_center_crop, to_float, to_uint8
 from ddbench.errors import ConfigError, DataError
-from ddbench.protocol import EvalResult, Protocol, ResourceMeter, uses_bf16
+from ddbench.protocol import PRECISIONS, EvalResult, Protocol, ResourceMeter, uses_bf16
+from ddbench.schema import Section, choice
 from ddbench.ddp import maybe_wrap_ddp
-from ddbench.train import CutMixCE
+from ddbench.train import OPTIMIZER_RULES, SCHEDULE_RULES, CutMixCE
 from ddbench.train_many import evaluate_accuracies, step_bytes, train_classifiers
 
 AUGMENTS = ("none", "dsa", "idc")
@@ -123,6 +124,18 @@ class HardLabelProtocol(Protocol):
         "rrc_scale": [0.5, 1.0], "rrc_ratio": [0.75, 1.3333333333333333], "flip": 0.5, "jitter": 0.4,
         "lighting_std": 0.1, "mix": "none", "cutmix_beta": 1.0, "cutmix_p": 1.0, "eval_points": 10,
         "eval_batch_size": 256, "precision": "bf16", "channels_last": True,
+    }
+    schema = {
+        "arch": "arch", "resolution": "int>=1?", "epochs": "int>=1?",
+        "epochs_by_ipc": "list[tuple[int>=1?, int>=1]]?",  # rows [largest IPC (null = any), epochs]
+        "scale_epochs_100_classes": "bool", "batch_size": "int>=1",
+        "large_classes": Section({"threshold": "int>=0", "lr": "float>=0", "weight_decay": "float>=0",
+                                  "batch_size": "int>=1"}, nullable=True),
+        "optimizer": OPTIMIZER_RULES, "schedule": SCHEDULE_RULES, "augment": choice(AUGMENTS),
+        "dsa_strategy": f"ops[{'|'.join(DSA_OPS)}]", "rrc_scale": "tuple[prob, prob]",
+        "rrc_ratio": "tuple[float>0, float>0]", "flip": "prob", "jitter": "float>=0", "lighting_std": "float>=0",
+        "mix": choice(MIXES), "cutmix_beta": "float>0", "cutmix_p": "prob", "eval_points": "int>=1",
+        "eval_batch_size": "int>=1", "precision": choice(PRECISIONS), "channels_last": "bool",
     }
 
     def __init__(self, card: dict):

@@ -25,10 +25,13 @@ import torch.nn.functional as F
 from ddbench.augment import center_crop, crop_resize, normalize, rrc_boxes, sample_beta, to_float
 from ddbench.config import config_hash
 from ddbench.errors import ConfigError, DataError
-from ddbench.protocol import EvalResult, Protocol, ResourceMeter, uses_bf16
+from ddbench.protocol import PRECISIONS, EvalResult, Protocol, ResourceMeter, uses_bf16
+from ddbench.schema import choice, nullable
+from ddbench.teacher import RECIPE_RULES
 from ddbench.protocols.hard import aligned_labels, to_resolution
 from ddbench.ddp import maybe_wrap_ddp
-from ddbench.train import build_optimizer, device_generator, evaluate_accuracy, lr_factor
+from ddbench.train import (OPTIMIZER_RULES, SCHEDULE_RULES, build_optimizer, device_generator, evaluate_accuracy,
+                           lr_factor)
 from ddbench.safeload import load_tensors
 from ddbench.train_many import evaluate_accuracies
 
@@ -328,6 +331,16 @@ class SoftLabelProtocol(Protocol):
         "rrc_ratio": [0.75, 1.3333333333333333], "flip": 0.5, "cutmix_beta": 1.0, "extra_bn_forward": True,
         "eval_every": 10, "eval_offset": 9, "eval_after": 0.8, "eval_batch_size": 256, "label_seed": 42,
         "test_resize_8_7": True, "precision": "bf16",
+    }
+    schema = {
+        "arch": "arch?", "arch_by_kind": {"embedded": "arch", "imagenet": "arch", "imagefolder": "arch"},
+        "teacher": {"arch": "arch?", "recipe": nullable(RECIPE_RULES), "path": "path?", "min_acc_x_chance": "float>=0"},
+        "labels": choice(LABEL_MODES), "epochs": "int>=1", "batch_size": "int>=1?", "input_size": "int>=1?",
+        "temperature": "float>0", "optimizer": OPTIMIZER_RULES, "schedule": SCHEDULE_RULES,
+        "shuffle_patches": "int>=1", "rrc_scale": "tuple[prob, prob]", "rrc_ratio": "tuple[float>0, float>0]",
+        "flip": "prob", "cutmix_beta": "float>0?", "extra_bn_forward": "bool", "eval_every": "int>=1",
+        "eval_offset": "int>=0", "eval_after": "prob?", "eval_batch_size": "int>=1", "label_seed": "int",
+        "test_resize_8_7": "bool", "precision": choice(PRECISIONS),
     }
 
     def __init__(self, card: dict):

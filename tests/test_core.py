@@ -1,11 +1,12 @@
 """Registry, configuration and distilled-set I/O."""
 
+import copy
 from pathlib import Path
 
 import pytest
 import torch
 
-from ddbench.config import apply_overrides, config_hash, parse_overrides
+from ddbench.config import apply_overrides, config_hash, parse_int_list, parse_overrides
 from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError, DataError
 from ddbench.registry import Registry
@@ -32,25 +33,81 @@ def test_overrides_parse_types_and_reject_unknown_keys():
         parse_overrides(["epochs"])
 
 
+CARD = {"epochs": 300, "opt": {"lr": 0.01}, "amp": True, "name": "dc", "scale": 0.5, "channels": 3, "betas": [0.5, 0.9],
+        "resize": None}
+RULES = {"epochs": "int>=1", "opt": {"lr": "float>=0"}, "amp": "bool", "name": "str", "scale": "prob",
+         "channels": "int>=1 | choice[all]", "betas": "tuple[prob, prob]", "resize": "int>=1?"}
+
+
+def _validated(over):
+    from ddbench.schema import validate
+
+    cfg = apply_overrides(copy.deepcopy(CARD), over)
+    validate(cfg, RULES, where="card dc", overridden=over, card=CARD)
+    return cfg
+
+
 @pytest.mark.parametrize("over, message", [
-    ({"epochs": "abc"}, "--set epochs='abc': expected a whole number ≥ 1 (the card has 300)"),
+    ({"epochs": "abc"}, "--set epochs='abc': expected a whole number ≥ 1 (card dc has 300)"),
     ({"epochs": 0}, "--set epochs=0: expected a whole number ≥ 1"),
-    ({"epochs": 2.5}, "--set epochs=2.5: expected a whole number ≥ 1 (the card has 300)"),
+    ({"epochs": 2.5}, "--set epochs=2.5: expected a whole number ≥ 1 (card dc has 300)"),
+    ({"epochs": True}, "--set epochs=True: expected a whole number ≥ 1"),
     ({"opt": {"lr": -0.1}}, "--set opt.lr=-0.1: expected a number ≥ 0"),
-    ({"opt": {"lr": "fast"}}, "--set opt.lr='fast': expected a number ≥ 0 (the card has 0.01)"),
+    ({"opt": {"lr": "fast"}}, "--set opt.lr='fast': expected a number ≥ 0 (card dc has 0.01)"),
+    ({"opt": 3}, "--set opt=3: expected a mapping of lr"),
     ({"amp": 1}, "--set amp=1: expected true or false"),
-    ({"scale": [1]}, "--set scale=[1]: expected a number (the card has 0.5)"),
-    ({"nosuch": {"key": 1}}, "Known keys: amp, epochs, name, opt, scale."),
+    ({"scale": 7}, "--set scale=7: expected a number in 0..1 (card dc has 0.5)"),
+    ({"scale": [1]}, "--set scale=[1]: expected a number in 0..1"),
+    ({"channels": "some"}, "--set channels='some': expected a whole number ≥ 1, or the word all"),
+    ({"betas": 0.5}, "--set betas=0.5: expected a list of 2 entries: (a number in 0..1), (a number in 0..1)"),
+    ({"betas": [0.5]}, "--set betas=[0.5]: expected a list of 2 entries"),
+    ({"resize": "big"}, "--set resize='big': expected a whole number ≥ 1, or null"),
+    ({"nosuch": {"key": 1}}, "Known keys: amp, betas, channels, epochs, name, opt, resize, scale."),
 ])
-def test_override_values_are_checked_against_the_card(over, message):
-    card = {"epochs": 300, "opt": {"lr": 0.01}, "amp": True, "name": "dc", "scale": 0.5}
+def test_override_values_are_checked_against_the_declared_rules(over, message):
     with pytest.raises(ConfigError) as e:
-        apply_overrides(dict(card), over)
+        _validated(over)
     assert message in str(e.value) and "\n" not in str(e.value)
-    ok = apply_overrides(dict(card), {"epochs": 3, "opt": {"lr": 1}, "amp": False, "scale": "all", "name": 3})
-    assert ok["opt"]["lr"] == 1 and ok["scale"] == "all"  # a word for a number: some cards take one
+
+
+def test_allowed_values_pass_and_every_bad_value_gets_its_own_line():
+    ok = _validated({"epochs": 3, "opt": {"lr": 1}, "amp": False, "channels": "all", "resize": None, "scale": 0})
+    assert ok["opt"]["lr"] == 1 and ok["channels"] == "all" and ok["resize"] is None  # a word where the rule has one
+    with pytest.raises(ConfigError) as e:
+        _validated({"epochs": 0, "amp": "yes"})
+    assert str(e.value).splitlines() == ["--set epochs=0: expected a whole number ≥ 1 (card dc has 300)",
+                                         "--set amp='yes': expected true or false (card dc has True)"]
     with pytest.raises(ConfigError, match="has no settings to override"):
         apply_overrides({}, {"nosuch": {"key": 1}}, where="method random")
+
+
+def test_a_card_value_that_breaks_its_rule_or_has_no_rule_is_named_as_the_cards():
+    from ddbench.schema import validate
+
+    with pytest.raises(ConfigError) as e:
+        validate({**CARD, "epochs": -1, "extra": 1}, RULES, where="card dc")
+    lines = str(e.value).splitlines()
+    assert lines[0] == "card dc: epochs=-1 in the card: expected a whole number ≥ 1; correct the card"
+    assert lines[1].startswith("card dc: extra=1 in the card has no declared rule; declare one in the `schema`")
+    assert lines[1].endswith("; known keys: amp, betas, channels, epochs, name, opt, resize, scale")
+
+
+@pytest.mark.parametrize("items, message", [
+    (["a=1", "a.b=2"], "--set a.b=2: a was already set to 1 by an earlier --set"),
+    (["a.b=2", "a=1"], "--set a=1: a already has sub-keys from an earlier --set"),
+])
+def test_a_key_given_both_a_value_and_sub_keys_is_one_line(items, message):
+    with pytest.raises(ConfigError) as e:
+        parse_overrides(items)
+    assert message in str(e.value) and "\n" not in str(e.value)
+    assert parse_overrides(["r={epochs: 1}", "r.subset=5"]) == {"r": {"epochs": 1, "subset": 5}}
+
+
+def test_int_lists_refuse_a_number_given_twice():
+    assert parse_int_list("0-2,5") == [0, 1, 2, 5]
+    for text in ("0,0", "0-2,1"):
+        with pytest.raises(ConfigError, match="more than once; list each value once"):
+            parse_int_list(text)
 
 
 def test_config_hash_ignores_key_order():

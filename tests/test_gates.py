@@ -328,5 +328,5 @@ def test_precision_is_a_card_value():
     assert FINETUNE["precision"] == "bf16"
     assert load_protocol("idc", {"precision": "fp32"}).plan(10, 10)["epochs"] > 0  # idc: a hard-family plan
     assert soft.uses_bf16(load_protocol("rded", {"precision": "fp32"}).card) is False
-    with pytest.raises(ConfigError, match="precision 'fp16' is not one of bf16, fp32"):
+    with pytest.raises(ConfigError, match="precision='fp16': expected one of bf16, fp32"):
         load_protocol("rded", {"precision": "fp16"})

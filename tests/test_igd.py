@@ -138,9 +138,10 @@ def test_checkpoint_selection_keeps_a_checkpoint_when_the_gradients_have_turned(
     assert igd.select_checkpoints(grads, -1.0) == [0]
 
 
-def test_repeat_other_than_one_is_refused_with_a_fix():
+def test_repeat_other_than_one_and_low_above_high_are_refused_when_the_config_is_resolved():
     from ddbench.method import load_method
 
-    method = load_method("igd", "digits", {"repeat": 2})
     with pytest.raises(ConfigError, match="repeat=1"):
-        method._base(None)
+        load_method("igd", "digits", {"repeat": 2})
+    with pytest.raises(ConfigError, match="need 0 ≤ low ≤ high"):
+        load_method("igd", "digits", {"low": 40, "high": 30})

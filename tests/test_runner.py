@@ -114,7 +114,7 @@ BAD = [
     (["run", "--method", "random", "--dataset", "mnist", "--ipc", "1"], "DDBENCH_MNIST_ROOT"),
     # values checked after the overrides are applied: type, range, known keys
     (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--set", "protocol.epochs=abc"],
-     "--set protocol.epochs='abc': expected a whole number ≥ 1 (the card has 300)"),
+     "--set protocol.epochs='abc': expected a whole number ≥ 1, or null (protocol card dc has 300)"),
     (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--set", "protocol.epochs=0"],
      "--set protocol.epochs=0: expected a whole number ≥ 1"),
     (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--set", "protocol.epochs=-3"],
@@ -124,7 +124,7 @@ BAD = [
     (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--set", "protocol.channels_last=maybe"],
      "--set protocol.channels_last='maybe': expected true or false"),
     (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--set", "protocol.precision=fp16"],
-     "protocol dc: precision 'fp16' is not one of bf16, fp32"),
+     "--set protocol.precision='fp16': expected one of bf16, fp32"),
     (["run", "--method", "herding", "--dataset", "digits", "--ipc", "1", "--set", "feature_recipe.epochs=2.5"],
      "--set feature_recipe.epochs=2.5: expected a whole number ≥ 1"),
     (["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--set", "nosuch.key=1"],

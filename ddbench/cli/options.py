@@ -68,4 +68,8 @@ def positive_int(text: str) -> int:
 def split_overrides(items: list[str]) -> tuple[dict, dict]:
     """--set protocol.epochs=5 goes to the protocol card; anything else to the method config."""
     over = parse_overrides(items or [])
-    return {k: v for k, v in over.items() if k != "protocol"}, over.get("protocol", {})
+    protocol = over.get("protocol", {})
+    if not isinstance(protocol, dict):
+        raise ConfigError(f"--set protocol={protocol!r}: protocol settings are set one key at a time, e.g. "
+                          "--set protocol.epochs=5; the protocol card itself is chosen with --protocol NAME")
+    return {k: v for k, v in over.items() if k != "protocol"}, protocol

@@ -21,13 +21,17 @@ def cmd_teacher(p: argparse.ArgumentParser):
         from ..data import get_dataset, load_split
         from ..method import default_cache_dir
         from ..runner import resolve_device
-        from ..teacher import teacher_for
+        from ..schema import validate
+        from ..teacher import RECIPE_RULES, teacher_for
 
+        recipe = parse_overrides(args.set)
+        validate(recipe, RECIPE_RULES, where="the teacher recipe", overridden=recipe)  # before any data is read
+        device = resolve_device(args.device)
         opts = options_of(args)
         spec = get_dataset(args.dataset, imagenet_root=opts.get("imagenet_root"), data_root=opts.get("data_root"))
         cache = Path(opts.get("cache_dir") or default_cache_dir())
         train = load_split(spec, "train", cache_dir=cache / "data")
-        teacher_for(spec, args.arch, resolve_device(args.device), cache, train, cfg=parse_overrides(args.set) or None)
+        teacher_for(spec, args.arch, device, cache, train, cfg=recipe or None)
         print(f"teacher {args.arch} for {spec.name} is trained and cached under {cache}")
     return handler
 

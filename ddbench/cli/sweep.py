@@ -41,6 +41,7 @@ def cmd_sweep(p: argparse.ArgumentParser):
 
         from ..config import parse_overrides
         from ..report import print_summary
+        from ..runner import parse_device
         from ..store import ResultStore
         from ..sweep.expand import load_grid
         from ..sweep.grid import PATH_ENV, parse_only
@@ -50,6 +51,7 @@ def cmd_sweep(p: argparse.ArgumentParser):
 
         if args.max_parallel is not None and args.max_parallel < 1:
             raise DDBenchError(f"--max-parallel must be at least 1, got {args.max_parallel}")
+        parse_device(args.device)  # the form only: on Ray the workers, not this driver, hold the GPUs
         out = Path(args.out).resolve()
         store_path = Path(args.store).resolve() if args.store else out / "results.db"
         flags = {k: getattr(args, k) for k in PATH_ENV if getattr(args, k, None)}

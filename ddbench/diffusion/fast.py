@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 FP32, BF16 = "fp32", "bf16"
 _TRUE, _FALSE = (True, "true", "bf16", "on"), (False, "false", "fp32", "off")
+SWITCH_RULE = "bool | choice[auto|true|false|bf16|fp32|on|off]"  # card rule of `autocast` / `compile` (_choice)
 
 
 def _choice(value, key: str, on_cuda: bool) -> bool:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from ..config import canonical_json, deep_merge, parse_int_list
+from ..config import canonical_json, check_unique, deep_merge, parse_int_list
 from ..errors import ConfigError
 from ..registry import suggest
 from ..runner import distilled_folder
@@ -188,7 +188,9 @@ def _ints(value, what: str, where: str) -> list[int]:
         try:
             out += parse_int_list(v) if isinstance(v, str) else [v]
         except Exception:
-            raise ConfigError(f"{where}: {what} entry {v!r} is not an integer or a range like 0-2") from None
+            raise ConfigError(f"{where}: {what} entry {v!r} is not an integer or a range like 0-2, each "
+                              "number once") from None
+    check_unique(out, f"{where}: {what}")
     return out
 
 
