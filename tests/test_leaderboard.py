@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 from contextlib import redirect_stdout
 
 import pytest
@@ -323,3 +324,43 @@ def test_set_metrics_table_counts_each_set_once_and_averages_over_seeds():
     assert "| 10 | herding v2 | 1 | 0.100 | 0.200 | 0.300 |" in text
     assert "kcenter" not in text
     assert render_set_metrics(records[-1:], defaults=lambda *a: None) == ""
+
+
+# ---------------------------------------------------------------------- the whole-split reference, end to end
+def test_whole_split_reference_runs_end_to_end_and_publishes_without_absolute_paths(tmp_path):
+    from ddbench.cli import main
+    from ddbench.runner import reference_settings
+
+    assert reference_settings("whole", "dc") == {"epochs": 30}  # the card's stated value (methods/whole.yaml)
+    assert reference_settings("random", "dc") == {}
+    tiny = ["--set", "protocol.epochs=1", "--set", "protocol.eval_points=1", "--out", str(tmp_path)]
+    assert main(["run", "--method", "random", "--dataset", "digits"] + tiny) == 2  # --ipc required: a clear error
+    assert main(["run", "--method", "whole", "--dataset", "digits"] + tiny) == 0  # no --ipc: it does not apply
+    assert main(["run", "--method", "whole", "--dataset", "digits", "--ipc", "10"] + tiny) == 0  # ignored: same cell
+    assert main(["run", "--method", "random", "--dataset", "digits", "--ipc", "1", "--seeds", "0,1,2"] + tiny) == 0
+    with ResultStore(tmp_path / "results.db") as store:
+        (whole,) = store.query(method="whole")
+        assert (whole["ipc"], whole["protocol_config"]["epochs"]) == (0, 1)  # --set over the card's 30
+        assert whole["extra"]["budget"]["set_bytes"] > 0
+        store.export_jsonl(tmp_path / "published.jsonl")
+    published = [json.loads(line) for line in (tmp_path / "published.jsonl").read_text().splitlines()]
+    assert len(published) == 4
+    for r in published:  # relative to the run directory, never a machine-specific absolute path
+        assert r["distilled_path"].startswith(f"distilled/{r['method']}/digits/"), r["distilled_path"]
+    whole_set = tmp_path / next(r["distilled_path"] for r in published if r["method"] == "whole")
+    assert len(list(whole_set.rglob("*.png"))) > 1000  # the whole digits training split, not an IPC's worth
+    (table,) = lb.build_tables(published)
+    rows = {r.method: r for r in table.rows}
+    assert rows["whole"].kind == "reference" and rows["whole"].label == "whole v1 [epochs=1, eval_points=1]"
+    assert rows["random"].summary.n == 3 and rows["random"].share == pytest.approx(
+        100 * rows["random"].mean / rows["whole"].mean)
+    assert "% of whole" in table.columns() and "HLR" in table.columns()
+
+
+def test_export_drops_paths_outside_the_run_directory(tmp_path):
+    from ddbench.store import portable_path
+
+    assert portable_path(str(tmp_path / "run" / "distilled" / "a"), tmp_path / "run") == "distilled/a"
+    assert portable_path("/elsewhere/set", tmp_path / "run") is None
+    assert portable_path("distilled/a", tmp_path / "run") == "distilled/a"
+    assert portable_path("", tmp_path) == ""
