@@ -82,7 +82,7 @@ def glossary(metric: str) -> list[str]:
 def caption(t: Table) -> str:
     """The line above a table: its badges, label type and device."""
     badges = " ".join(f"`{b}`" for b in t.badges) or "paper scale"
-    state = "" if t.current else "superseded card versions · "
+    state = "" if t.current else "superseded card versions" + (f" (settings: {t.variant})" if t.variant else "") + " · "
     return f"{state}{badges} · {FAMILIES.get(t.family, 'labels not recorded')} · device: " \
            f"{', '.join(t.devices) or DASH}"
 
