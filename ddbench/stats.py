@@ -44,6 +44,7 @@ class Summary:
     family: str | None = None
     evaluations: int | None = None
     eval_std: float | None = None
+    deterministic: bool = False   # several seeds gave one set: its evaluations are the units (`deterministic`)
 
     @property
     def sem(self) -> float:
@@ -52,6 +53,8 @@ class Summary:
     @property
     def shape(self) -> str:
         """"sets × evaluations per set" ("3 × 1"); "1 set × 3" for a single set."""
+        if self.deterministic:
+            return f"1 set (deterministic) × {self.n}"
         per = (self.evaluations or self.n) / self.n
         each = f"{per:.0f}" if per == int(per) else f"{per:.1f}"
         return f"1 set × {each}" if self.n == 1 else f"{self.n} × {each}"
@@ -70,6 +73,18 @@ def two_level(values: Iterable[tuple[Hashable, float]], family: str | None = Non
     dof = sum(d for d, _ in within)
     eval_std = math.sqrt(sum(d * var for d, var in within) / dof) if dof else None
     return Summary(statistics.fmean(means), std, len(means), family, sum(map(len, per_set.values())), eval_std)
+
+
+def deterministic(values: Iterable[tuple[Hashable, Hashable, float]], family: str | None = None) -> Summary:
+    """Summary of (seed, set id, accuracy) triples. When two or more distillation seeds gave one and the same set,
+    the method is deterministic (a greedy selection rule, the whole split): that set is all the method can
+    produce, so its evaluations are the units of the interval, the ranks and Δ. Otherwise `two_level`."""
+    values = list(values)
+    seeds, sets = {v[0] for v in values}, {v[1] for v in values}
+    if len(sets) == 1 and len(seeds) >= 2:
+        s = two_level(((i, v[2]) for i, v in enumerate(values)), family)
+        return Summary(s.mean, s.std, s.n, family, s.n, s.std, deterministic=True)
+    return two_level(((v[1], v[2]) for v in values), family)
 
 
 def t_quantile(df: float, level: float = LEVEL) -> float:

@@ -387,3 +387,14 @@ def test_reproduction_pairs_are_protocols_not_source_notes():
     pairs = reported_pairs()
     assert pairs and not {p for _, p in pairs} & set(REPORTED_META)
     assert load_reported(pairs | {("woof", "protocol_values")})  # every card's numbers load; a note is skipped
+
+
+def test_a_method_whose_seeds_give_one_set_is_deterministic_and_its_evaluations_count():
+    same = [dict(r, distilled_sha256="one") for r in runs("herding", [80.0, 81.0, 82.0])]  # seeds 0-2, one set
+    rows = by_label(one_table(same + runs("random", [70.0, 71.0, 72.0])))
+    s = rows["herding v1"].summary
+    assert (s.deterministic, s.n, s.evaluations, s.shape) == (True, 3, 3, "1 set (deterministic) × 3")
+    assert rows["herding v1"].rank == 1 and rows["herding v1"].gain.value == pytest.approx(10.0)
+    # one seed evaluated three times: nothing says the method is deterministic; one set, unranked
+    rows = by_label(one_table(evals("herding", [80.0, 81.0, 82.0]) + runs("random", [70.0, 71.0, 72.0])))
+    assert (rows["herding v1"].summary.deterministic, rows["herding v1"].rank) == (False, None)

@@ -228,7 +228,7 @@ def shape_text(row: Row) -> str:
     if row.summary is None:
         return "paper"
     s = row.summary
-    if s.n == 1:
+    if s.n == 1 and not s.deterministic:
         spread = "" if s.eval_std is None else f" (sd {s.eval_std:.2f})"
         return f"1 set × {s.evaluations}{spread}"
     return s.shape
@@ -277,8 +277,9 @@ def set_id(record: Mapping) -> Any:
 
 
 def cell_summary(records: list[Mapping], field_name: str, family: str | None = None) -> stats.Summary:
-    """Two-level summary of one cell's records: evaluations averaged per set, then over sets."""
-    return stats.two_level(((set_id(r), r[field_name]) for r in records), family)
+    """Two-level summary of one cell's records: evaluations averaged per set, then over sets; a method whose
+    seeds all gave one set is deterministic (`stats.deterministic`)."""
+    return stats.deterministic(((r.get("seed"), set_id(r), r[field_name]) for r in records), family)
 
 
 def cells_of(records: Iterable[Mapping], defaults=None) -> list[dict]:
