@@ -2,7 +2,8 @@
 (`budget`), markdown / HTML / CSV pages (`render`), the reproduction page (`repro`) and distilled-set metric
 tables (`sets`).
 
-Imports run one way: budget <- tables <- render <- repro; sets -> tables. This package imports `tables` only, so
+Imports run one way: budget, cards <- tables <- render <- repro; sets -> tables, cards (`cards`: what the
+tables read from the method and protocol cards). This package imports `tables` only, so
 `ddbench.plots` can import the package without a cycle.
 """
 from .tables import (BASELINE, DASH, METRICS, REFERENCE, Row, Table, arch_order, build_tables, card_config,

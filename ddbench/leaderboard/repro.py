@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 from .. import stats
-from .tables import (DASH, METRICS, REPORTED_META, arch_order, card_config, cell_summary, cells_of, dataset_name,
-                     load_reported, method_order, printed, with_label_keys)
+from .cards import REPORTED_META, card_config, load_reported, with_label_keys
+from .tables import DASH, METRICS, arch_order, cell_summary, cells_of, dataset_name, method_order, printed
 from .render import html_page, html_table, markdown_table
 
 IMAGENET = ("woof", "nette", "idc", "imagenet100", "imagenet1k")

@@ -13,7 +13,8 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping
 
-from .tables import card_config, cells_of, dataset_name, method_order, row_label
+from .cards import card_config
+from .tables import cells_of, dataset_name, method_order, row_label
 
 SHOWN = (("diversity", "diversity ↑"), ("coverage", "coverage ↓"), ("mmd2", "MMD² ↓"))
 
