@@ -364,3 +364,29 @@ def test_export_drops_paths_outside_the_run_directory(tmp_path):
     assert portable_path("/elsewhere/set", tmp_path / "run") is None
     assert portable_path("distilled/a", tmp_path / "run") == "distilled/a"
     assert portable_path("", tmp_path) == ""
+
+
+def test_republishing_grids_make_three_sets_per_cell_and_the_whole_split_rows(tmp_path):
+    from pathlib import Path
+
+    from ddbench.sweep.expand import load_grid
+
+    grids = Path(__file__).resolve().parent.parent / "leaderboards" / "grids"
+    plan = load_grid(grids / "embedded-sets.yaml", out=tmp_path / "a")
+    cells: dict = {}
+    for d, c in plan.distills.items():
+        cells.setdefault((c.label, c.dataset, c.ipc), []).append((c.seed, len(plan.evals_of(d))))
+    assert {m for m, _, _ in cells} == {"random", "dit", "minimax", "mgd3", "acs", "acs-minimax", "igd", "igd-minimax",
+                                        "herding", "kcenter", "whole"}
+    assert {(m, ds) for m, ds, _ in cells if m == "whole"} == {("whole", "digits"), ("whole", "fashion")}
+    for (method, dataset, ipc), runs in cells.items():
+        if method in ("herding", "kcenter", "whole"):  # deterministic: one set, three evaluations of it
+            assert [n for _, n in runs] == [3] * len(runs) and ipc in (1, 10)
+        else:
+            assert sorted(s for s, _ in runs) == [0, 1, 2] and {n for _, n in runs} == {1}, (method, runs)
+    dc300 = load_grid(grids / "fashion-dc300.yaml", out=tmp_path / "b")
+    models: dict = {}
+    for d, c in dc300.distills.items():
+        models[(c.label, c.ipc)] = models.get((c.label, c.ipc), 0) + len(dc300.evals_of(d))
+    assert all(n >= 10 for (m, _), n in models.items() if m != "whole")
+    assert {k for k in models if k[0] != "whole"} == {(m, i) for m in ("random", "herding", "kcenter") for i in (1, 10)}
