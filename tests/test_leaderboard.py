@@ -178,6 +178,8 @@ def test_html_escapes_and_carries_sort_values(store_dir):
     text = render.render_html(lb.build_tables(stored(store_dir, protocol_version="1")), stamp=STAMP)
     assert "<td data-v=\"83.0\">83.00 ± 4.97</td>" in text
     assert "row&#x27;s mean" in text and text.count("<table ") == 3 and text.count("<details>") == 3
+    assert "<li><strong>rank</strong>: rows sorted by mean" in text and "**" not in text
+    assert "<code>smoke scale</code> <code>CPU</code> · hard labels" in text
 
 
 def test_csv_is_long_form_with_gain(store_dir):

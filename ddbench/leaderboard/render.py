@@ -180,7 +180,7 @@ def html_sections(tables: list[Table], all_versions: bool = False) -> list[str]:
     for t in tables:
         if not t.current and not all_versions:
             continue
-        out += [f"<h2>{esc(t.title())}</h2>", f"<p>{esc(caption(t))}</p>",
+        out += [f"<h2>{esc(t.title())}</h2>", f"<p>{_html_marks(esc(caption(t)))}</p>",
                 html_table(t.columns(), [t.texts(r) for r in t.rows], [t.sort_values(r) for r in t.rows]),
                 "<details><summary>provenance</summary><ul>" + "".join(f"<li>{esc(x)}</li>" for x in t.details())
                 + "</ul></details>"]
@@ -193,8 +193,17 @@ def render_html(tables: list[Table], command: str = "ddbench leaderboard", all_v
     metric = tables[0].metric if tables else "last"
     head = [f"<h1>{PAGE_TITLE}</h1>"] + [f"<p>{esc(x)}</p>" for x in generated_line(command, devices_of(tables),
                                                                                    stamp)]
-    head += ["<h2>Glossary</h2>", "<ul>" + "".join(f"<li>{esc(x)}</li>" for x in glossary(metric)) + "</ul>"]
+    head += ["<h2>Glossary</h2>", "<ul>" + "".join(f"<li>{_html_marks(esc(x))}</li>" for x in glossary(metric))
+             + "</ul>"]
     return html_page(head + html_sections(tables, all_versions), command)
+
+
+def _html_marks(text: str) -> str:
+    """The glossary's markdown marks (**bold**, `code`) as HTML tags, in already escaped text."""
+    parts = text.split("**")
+    text = "".join(p if i % 2 == 0 else f"<strong>{p}</strong>" for i, p in enumerate(parts))
+    parts = text.split("`")
+    return "".join(p if i % 2 == 0 else f"<code>{p}</code>" for i, p in enumerate(parts))
 
 
 # ---------------------------------------------------------------------------------------------- csv
