@@ -398,3 +398,18 @@ def test_a_method_whose_seeds_give_one_set_is_deterministic_and_its_evaluations_
     # one seed evaluated three times: nothing says the method is deterministic; one set, unranked
     rows = by_label(one_table(evals("herding", [80.0, 81.0, 82.0]) + runs("random", [70.0, 71.0, 72.0])))
     assert (rows["herding v1"].summary.deterministic, rows["herding v1"].rank) == (False, None)
+
+
+def test_soft_label_scores_read_the_hard_label_run_of_the_same_method():
+    hard = whole([90.0, 92.0]) + runs("random", [60.0, 62.0]) + runs("dit", [70.0, 72.0])
+    soft = runs("random", [75.0, 77.0], protocol="rded", family="soft") + \
+        runs("dit", [80.0, 82.0], protocol="rded", family="soft") + \
+        runs("herding", [85.0, 85.5], protocol="rded", family="soft")  # no hard-label run: HLR and LRS stay empty
+    hard_t, soft_t = lb.build_tables(hard + soft, defaults=no_card)
+    rows = by_label(soft_t)
+    d = rows["dit v1"].ddr
+    assert (d.hlr, d.ior) == (pytest.approx(91.0 - 71.0), pytest.approx(81.0 - 76.0))  # HLR: hard labels; IOR: soft
+    assert d.lrs == pytest.approx(stats.ddranking_scores(91.0, 71.0, 81.0, 76.0).lrs)
+    assert (rows["herding v1"].ddr.hlr, rows["herding v1"].ddr.lrs) == (None, None)
+    assert rows["herding v1"].ddr.ior == pytest.approx(85.25 - 76.0)
+    assert "HLR" in soft_t.columns() and "% of whole" not in soft_t.columns()  # no soft-label whole run here
