@@ -388,11 +388,11 @@ class ResultStore:
         try:
             for line, row in rows:
                 old = run(f"SELECT {_NAMES} FROM results WHERE {_KEY_WHERE}", row[:len(KEY_FIELDS)]).fetchone()
-                if old is not None and tuple(old) == row:
+                diff = [] if old is None else [c for c, a, b in zip(COLUMNS, old, row) if a != b and c not in LOCATIONS]
+                if old is not None and not diff:  # the same result (an export keeps no machine paths: LOCATIONS)
                     skipped += 1
                     continue
                 if old is not None:
-                    diff = [c for c, a, b in zip(COLUMNS, old, row) if a != b]
                     conflicts.append(Conflict(row[:len(KEY_FIELDS)], diff, line))
                     if not replace:
                         skipped += 1
@@ -547,6 +547,9 @@ def summary(records: Iterable[Mapping[str, Any]]) -> list[dict]:
             entry[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         out.append(entry)
     return out
+
+
+LOCATIONS = ("distilled_path",)  # where a set lay on one machine: never what makes two records differ
 
 
 def portable_path(path: str | None, run_dir: Path) -> str | None:

@@ -392,3 +392,16 @@ def test_republishing_grids_make_three_sets_per_cell_and_the_whole_split_rows(tm
         models[(c.label, c.ipc)] = models.get((c.label, c.ipc), 0) + len(dc300.evals_of(d))
     assert all(n >= 10 for (m, _), n in models.items() if m != "whole")
     assert {k for k in models if k[0] != "whole"} == {(m, i) for m in ("random", "herding", "kcenter") for i in (1, 10)}
+
+
+def test_an_export_reimports_into_its_own_store_without_conflicts(tmp_path):
+    run_dir = tmp_path / "run"
+    inside = dict(record("random", 1, "convnet3", 0, 20.0), distilled_path=str(run_dir / "distilled" / "random" / "a"))
+    outside = dict(record("random", 1, "convnet3", 1, 22.0), distilled_path="/elsewhere/b")
+    with ResultStore(run_dir / "results.db") as store:
+        store.add(inside), store.add(outside)
+        store.export_jsonl(tmp_path / "out.jsonl")
+        paths = [json.loads(x)["distilled_path"] for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+        assert set(paths) == {None, "distilled/random/a"}
+        result = store.import_jsonl(tmp_path / "out.jsonl")  # a location is not a result: nothing conflicts
+        assert (result.added, result.skipped, result.conflicts) == (0, 2, [])
