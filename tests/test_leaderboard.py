@@ -99,7 +99,8 @@ def test_markdown_matches_the_pinned_layout(store_dir):
     text = page(lb.build_tables(stored(store_dir)))
     assert text.startswith("# ddbench leaderboard\n\nGenerated 2026-01-01 from ddbench commit abc1234 by "
                            "`ddbench leaderboard`")
-    assert "Devices: cpu (2 cores)." in text and text.count("## Glossary") == 1
+    assert "Devices: cpu (2 cores).  \nProtocol cards: every current table uses its card's own settings." in text
+    assert text.count("## Glossary") == 1
     assert EXPECTED_TABLE in text
     # one table per (dataset, protocol, IPC, network), titled without settings or hashes
     titles = [ln for ln in text.splitlines() if ln.startswith("## digits")]
@@ -142,6 +143,7 @@ def test_numbers_made_with_overrides_are_never_shown_as_the_cards(store_dir):
     assert [t.variant for t in tables] == ["", "epochs=5"]
     assert [r.label for r in tables[0].rows] == ["herding v3 [epochs=5]", "herding v3", "random v1"]
     assert tables[1].badges == ["smoke scale", "card modified", "CPU"]
+    assert render.changes_line(tables) == "Protocol settings changed from the cards (badge `card modified`): dc: epochs=5."
     assert [r.mean for r in tables[1].rows] == [11.0]  # not averaged into the card's 21.00
     assert "settings changed from the card: epochs=5" in tables[1].details()[0]
     assert lb.config_diff({"a": {"b": 1}, "c": "x", "name": "n"}, {"a": {"b": 2}, "d": [1], "name": "m"}) == \

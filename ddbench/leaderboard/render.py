@@ -91,6 +91,15 @@ def devices_of(tables: list[Table]) -> list[str]:
     return sorted({d for t in tables for d in t.devices})
 
 
+def changes_line(tables: list[Table]) -> str:
+    """The protocol settings the current tables changed from their cards, stated once for the page."""
+    changes = sorted({(t.protocol, t.variant) for t in tables if t.current and t.variant})
+    if not changes:
+        return "Protocol cards: every current table uses its card's own settings."
+    return "Protocol settings changed from the cards (badge `card modified`): " + \
+        "; ".join(f"{p}: {v}" for p, v in changes) + "."
+
+
 # ---------------------------------------------------------------------------------------------- markdown
 
 def markdown_table(head: list[str], rows: list[list[str]], right: int = 1) -> list[str]:
@@ -113,7 +122,8 @@ def render_markdown(tables: list[Table], command: str = "ddbench leaderboard", a
     current = [t for t in tables if t.current]
     old = [t for t in tables if not t.current]
     metric = tables[0].metric if tables else "last"
-    parts = [f"# {PAGE_TITLE}", "", *[f"{x}  " for x in generated_line(command, devices_of(tables), stamp)], "",
+    header = generated_line(command, devices_of(tables), stamp) + [changes_line(tables)]
+    parts = [f"# {PAGE_TITLE}", "", *[f"{x}  " for x in header[:-1]], header[-1], "",
              "## Glossary", "", *[f"- {x}" for x in glossary(metric)], ""]
     parts += [markdown_section(t) for t in current]
     if old and all_versions:
@@ -191,8 +201,8 @@ def render_html(tables: list[Table], command: str = "ddbench leaderboard", all_v
                 stamp: tuple[str, str] | None = None) -> str:
     esc = html.escape
     metric = tables[0].metric if tables else "last"
-    head = [f"<h1>{PAGE_TITLE}</h1>"] + [f"<p>{esc(x)}</p>" for x in generated_line(command, devices_of(tables),
-                                                                                   stamp)]
+    lines = generated_line(command, devices_of(tables), stamp) + [changes_line(tables)]
+    head = [f"<h1>{PAGE_TITLE}</h1>"] + [f"<p>{_html_marks(esc(x))}</p>" for x in lines]
     head += ["<h2>Glossary</h2>", "<ul>" + "".join(f"<li>{_html_marks(esc(x))}</li>" for x in glossary(metric))
              + "</ul>"]
     return html_page(head + html_sections(tables, all_versions), command)
