@@ -12,7 +12,7 @@ from __future__ import annotations
 import platform
 import resource
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -21,7 +21,7 @@ from . import ddp
 from .budget import record_budget
 from .data import get_dataset, list_files, load_split
 from .cellhash import cell_config_hash, check_weights, used_weights
-from .config import check_unique
+from .config import check_unique, deep_merge
 from .data.gates import check_class_order
 from .distilled import MANIFEST, DistilledSet
 from .errors import ConfigError, DataError, ResourceError
@@ -118,7 +118,26 @@ class PhaseMeter:
         self.seconds = time.perf_counter() - self.t0
 
 
+REFERENCE = "reference"  # method kind of the whole-split reference (methods/whole.yaml)
+
+
+def reference_settings(method: str, protocol_name: str) -> dict:
+    """A reference method card's own protocol settings (`protocol: {<card>: {...}}`), between the protocol card
+    and `--set`: the whole split trains fewer epochs than a 10-image set (methods/whole.yaml says why)."""
+    from .method import method_card
+
+    try:
+        card = method_card(method)
+    except ConfigError:  # an unknown method is reported once, by the method's own loading
+        return {}
+    if card.get("kind") != REFERENCE:
+        return {}
+    return dict((card.get("protocol") or {}).get(protocol_name) or {})
+
+
 def check_ipc(spec, ipc: int, method_kind: str) -> None:
+    if method_kind == REFERENCE:
+        return
     if ipc <= 0:
         raise ConfigError(f"--ipc must be a positive number of images per class, got {ipc}")
     if method_kind != "selection":
@@ -176,6 +195,8 @@ def run(req: RunRequest, progress=None, log=print) -> list[dict]:
                        data_root=req.options.get("data_root"))
     protocol_name = req.protocol or default_protocol(spec)
     protocol, method = load_configs(req, spec.name, protocol_name)
+    if method.card.get("kind") == REFERENCE:  # the whole split: IPC does not apply, every run records ipc = 0
+        req = replace(req, ipc=0)
     check_ipc(spec, req.ipc, method.card.get("kind", ""))
     archs = req.archs or [default_arch(protocol, spec)]
     check_archs(archs)
@@ -223,8 +244,9 @@ def run(req: RunRequest, progress=None, log=print) -> list[dict]:
 def load_configs(req: RunRequest, dataset: str, protocol_name: str):
     """(protocol, method) of the request; the errors of both configs are reported together, one line each."""
     problems, protocol, method = [], None, None
-    try:
-        protocol = load_protocol(protocol_name, req.protocol_overrides)
+    try:  # a reference method's own protocol settings lie between the protocol card and --set
+        protocol = load_protocol(protocol_name, deep_merge(reference_settings(req.method, protocol_name),
+                                                           req.protocol_overrides))
     except ConfigError as e:
         problems.append(str(e))
     try:
@@ -402,7 +424,7 @@ def distilled_set(method, ctx, req, spec, seed, out, prepared, log):
             dset.provenance["path"] = str(folder)
             return dset, {"timings": dset.provenance.get("phase_seconds", {}),
                           "peak_mem": dset.provenance.get("phase_peak_mb", {}),
-                          "set_metrics": _set_metrics(dset, folder, ctx, log)}
+                          "set_metrics": _set_metrics(method, dset, folder, ctx, log)}
         except DataError as e:
             log(f"seed {seed}: cached set unusable ({e}); distilling again")
     timings, peaks = {}, {}
@@ -419,12 +441,16 @@ def distilled_set(method, ctx, req, spec, seed, out, prepared, log):
     dset.provenance["sha256"] = dset.save(folder)
     dset.provenance["path"] = str(folder)
     log(f"seed {seed}: distilled {len(dset)} images in {m.seconds:.1f}s -> {folder}")
-    return dset, {"timings": timings, "peak_mem": peaks, "set_metrics": _set_metrics(dset, folder, ctx, log)}
+    return dset, {"timings": timings, "peak_mem": peaks, "set_metrics": _set_metrics(method, dset, folder, ctx, log)}
 
 
-def _set_metrics(dset, folder, ctx, log) -> dict | None:
-    """Diversity / representativeness / coverage / MMD of the set (ddbench.metrics), kept beside it."""
+def _set_metrics(method, dset, folder, ctx, log) -> dict | None:
+    """Diversity / representativeness / coverage / MMD of the set (ddbench.metrics), kept beside it; none for
+    the whole-split reference (it is the real distribution those metrics compare a set with)."""
     from .metrics import recorded_set_metrics
+
+    if method.card.get("kind") == REFERENCE:
+        return None
 
     return recorded_set_metrics(dset, folder, ctx.spec, ctx.train, ctx.device, ctx.cache_dir,
                                 ctx.options.get("set_metrics"), log, ctx.progress)

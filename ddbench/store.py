@@ -395,11 +395,11 @@ class ResultStore:
         try:
             for line, row in rows:
                 old = run(f"SELECT {_NAMES} FROM results WHERE {_KEY_WHERE}", row[:len(KEY_FIELDS)]).fetchone()
-                if old is not None and tuple(old) == row:
+                diff = [] if old is None else [c for c, a, b in zip(COLUMNS, old, row) if a != b and c not in LOCATIONS]
+                if old is not None and not diff:  # the same result (an export keeps no machine paths: LOCATIONS)
                     skipped += 1
                     continue
                 if old is not None:
-                    diff = [c for c, a, b in zip(COLUMNS, old, row) if a != b]
                     conflicts.append(Conflict(row[:len(KEY_FIELDS)], diff, line))
                     if not replace:
                         skipped += 1
@@ -436,8 +436,11 @@ class ResultStore:
         return pd.DataFrame.from_records(self.query(**filters), columns=list(COLUMNS))
 
     def export_jsonl(self, path: str | os.PathLike, **filters: Any) -> int:
-        """Write the matching records as JSONL (sorted keys, key order), atomically; returns the count."""
-        records = self.query(**filters)
+        """Write the matching records as JSONL (sorted keys, key order), atomically; returns the count.
+        Published records carry no machine-specific paths: `distilled_path` becomes relative to the run
+        directory (the store's folder), or is dropped (None) when the set lies outside it."""
+        records = [dict(r, distilled_path=portable_path(r.get("distilled_path"), self.path.parent))
+                   for r in self.query(**filters)]
         text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n" for r in records)
         _atomic_write(Path(path), text)
         return len(records)
@@ -551,6 +554,23 @@ def summary(records: Iterable[Mapping[str, Any]]) -> list[dict]:
             entry[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         out.append(entry)
     return out
+
+
+LOCATIONS = ("distilled_path",)  # where a set lay on one machine: never what makes two records differ
+
+
+def portable_path(path: str | None, run_dir: Path) -> str | None:
+    """`path` relative to `run_dir` ("distilled/random/digits/ipc1-seed0-…"); None for an absolute path outside
+    it (a machine-specific location has no meaning in a published record); a relative path as it is."""
+    if not path:
+        return path
+    p = Path(path)
+    if not p.is_absolute():
+        return path
+    try:
+        return p.resolve().relative_to(Path(run_dir).resolve()).as_posix()
+    except ValueError:
+        return None
 
 
 def _version(v: Any) -> str | None:

@@ -9,6 +9,7 @@ METHODS = {
     "first-n": "ddbench.methods.selection:FirstN",
     "herding": "ddbench.methods.selection:Herding",
     "kcenter": "ddbench.methods.selection:KCenter",
+    "whole": "ddbench.methods.selection:WholeSplit",
     "sre2l": "ddbench.methods.sre2l:SRe2L",
     "cudd": "ddbench.methods.cudd:CUDD",
     "dit": "ddbench.methods.dit:DiTSampling",

@@ -140,3 +140,23 @@ class KCenter(_FeatureSelection):
     def select(self, ctx, idx, ipc, gen):
         feats = self._feats[idx]
         return torch.tensor(kcenter_order(feats, ipc, first_centre(feats, self.cfg["first_centre"], gen)))
+
+
+class WholeSplit(Method):
+    """The reference row of every leaderboard table: the whole training split, every image with its hard label.
+
+    IPC and the seed do not apply (the set is the same for all of them): the runner records a reference
+    method's cells with ipc = 0 ("all"), and `distill_key` ignores both, so every run of a dataset shares one
+    set. The card's `protocol:` settings (fewer epochs over tens of thousands of images than over ten) sit
+    between the protocol card and `--set`: docs/leaderboards.md#the-whole-dataset-reference.
+    """
+
+    def distill(self, ctx: Context, ipc: int, seed: int) -> DistilledSet:
+        t0 = time.perf_counter()
+        train = ctx.train()
+        prov = {"method": self.name, "version": self.version, "seed": seed, "ipc": 0, "config": self.cfg,
+                "timings": {"distill": time.perf_counter() - t0}}
+        return DistilledSet(train.images.clone(), train.labels.clone(), ctx.spec.classes, prov)
+
+    def distill_key(self, ipc: int, seed: int) -> str:
+        return super().distill_key(0, 0)

@@ -1,8 +1,10 @@
-"""The leaderboards' statistics on constructed records: CIs, the tie rule, Δ intervals, protocol families,
-budget bytes, reproduction verdicts, and the HTML page against the markdown (no training)."""
+"""The leaderboards' statistics on constructed records: two-level summaries (sets, then evaluations), intervals
+over sets, monotone ranks, Δ intervals, DD-Ranking's scores, protocol families, budget bytes, the equivalence
+verdict of the reproduction page, and the HTML page against the markdown (no training)."""
 from __future__ import annotations
 
 import math
+import random
 import statistics
 from html.parser import HTMLParser
 
@@ -16,7 +18,7 @@ from ddbench import stats
 from ddbench.budget import network_size, set_bytes
 from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
-from ddbench.leaderboard.budget import budget_rows, render_budget_markdown
+from ddbench.leaderboard.budget import size_text
 from ddbench.leaderboard.repro import render_reproduction_markdown, reproduction_lines, summaries
 
 
@@ -39,19 +41,72 @@ def no_card(*_):
     return None
 
 
+KINDS = {"whole": "reference", "dit": "diffusion"}
+
+
+@pytest.fixture(autouse=True)
+def stand_in_cards(monkeypatch):
+    """The records here name stand-in versions: every one is current, and the kinds come from KINDS."""
+    monkeypatch.setattr(lb.tables, "is_current", lambda *a: True)
+    monkeypatch.setattr(lb.tables, "method_kind", lambda name: KINDS.get(name, "selection"))
+
+
 def runs(method, values, **kw):
+    """One distilled set per value (seeds 0, 1, ...), one evaluation each."""
     return [rec(method, v, seed, **kw) for seed, v in enumerate(values)]
 
 
-# ---------------------------------------------------------------------- confidence intervals
-def test_ci_is_student_t_over_the_runs():
+def evals(method, values, seed=0, **kw):
+    """One distilled set (seed), one evaluation per value."""
+    return [rec(method, v, seed, eval_seed=e, **kw) for e, v in enumerate(values)]
+
+
+def one_table(records, **kw):
+    (table,) = lb.build_tables(records, defaults=no_card, **kw)
+    return table
+
+
+def by_label(table):
+    return {r.label: r for r in table.rows}
+
+
+# ---------------------------------------------------------------------- two levels: sets, then evaluations
+def test_evaluations_are_averaged_within_a_set_and_sets_are_the_n():
+    # set a: evaluations 80, 82 (mean 81); set b: 90 (one evaluation); set c: 85, 85, 85
+    s = stats.two_level([("a", 80.0), ("a", 82.0), ("b", 90.0), ("c", 85.0), ("c", 85.0), ("c", 85.0)])
+    assert (s.n, s.evaluations) == (3, 6)
+    assert s.mean == pytest.approx((81 + 90 + 85) / 3) and s.std == pytest.approx(statistics.stdev([81, 90, 85]))
+    assert s.eval_std == pytest.approx(math.sqrt((2.0 + 0.0) / 3))  # pooled within sets: (1·2 + 2·0) / 3 dof
+    assert stats.interval(s) == pytest.approx(4.302653 * s.std / math.sqrt(3), rel=1e-6)  # t(2 dof): 3 sets
+
+
+def test_the_interval_counts_sets_not_evaluations():
+    many_evals = one_table(evals("random", [80.0, 81.0, 82.0, 83.0, 84.0, 85.0]))
+    (row,) = many_evals.rows
+    assert (row.summary.n, row.summary.evaluations, row.ci, row.rank) == (1, 6, None, None)
+    assert many_evals.texts(row)[:5] == ["–", "random v1", "82.50", "1 set × 6 (sd 1.87)", "–"]
+    sets = one_table(runs("random", [80.0, 82.0, 84.0]))
+    assert sets.texts(sets.rows[0])[:4] == ["1", "random v1", "82.00 ± 4.97", "3 × 1"]
+
+
+def test_a_one_set_cell_is_never_ranked_nor_used_for_gain():
+    records = evals("herding", [99.0, 99.5, 99.0]) + runs("random", [80.0, 81.0, 82.0]) + \
+        runs("kcenter", [85.0, 86.0, 87.0])
+    rows = by_label(one_table(records))
+    assert (rows["herding v1"].rank, rows["herding v1"].gain) == (None, None)  # best mean, but one set
+    assert (rows["kcenter v1"].rank, rows["random v1"].rank) == (1, 2)
+    assert rows["kcenter v1"].gain.value == pytest.approx(5.0)
+    # random with one set: no Δ for anyone
+    rows = by_label(one_table(evals("random", [80.0, 81.0]) + runs("kcenter", [85.0, 86.0, 87.0])))
+    assert rows["kcenter v1"].gain is None and rows["kcenter v1"].rank == 1
+
+
+def test_ci_is_student_t_over_the_sets():
     s = stats.Summary(82.0, 2.0, 3)
     # t(0.975, 2 dof) = 4.302653 (tables); half-width = t · s / √n
     assert stats.interval(s) == pytest.approx(4.302653 * 2.0 / math.sqrt(3), rel=1e-6)
     assert stats.interval(stats.Summary(50.0, 1.0, 30)) == pytest.approx(2.045230 / math.sqrt(30), rel=1e-6)
-    assert stats.interval(stats.Summary(50.0, 0.0, 1)) is None  # one run: no interval
-    (table,) = lb.build_tables(runs("random", [80.0, 82.0, 84.0]), defaults=no_card)
-    assert table.rows[0].cells["random"].text() == "82.00 ± 4.97 (3) #1"
+    assert stats.interval(stats.Summary(50.0, 0.0, 1)) is None  # one set: no interval
 
 
 def test_gain_interval_is_welch():
@@ -71,41 +126,47 @@ def test_welch_p_matches_scipy_on_raw_runs():
     assert stats.welch_p(stats.Summary(2.0, 0.0, 3), stats.Summary(1.0, 0.0, 3)) == 0.0  # exact difference
 
 
-# ---------------------------------------------------------------------- tie rule
-def test_tie_rule_on_constructed_rows():
-    cells = {"best": stats.Summary(90.0, 1.0, 3),      # highest mean
-             "noisy": stats.Summary(88.0, 4.0, 3),     # far below in mean, but too noisy to be worse: ties
-             "close": stats.Summary(89.0, 1.0, 5),     # not significantly worse (p ≈ 0.12): ties
-             "worse": stats.Summary(80.0, 1.0, 3),     # clearly worse: the next group
-             "worse2": stats.Summary(79.5, 1.0, 3),    # not worse than `worse`: shares its rank
-             "last": stats.Summary(60.0, 0.5, 4),
-             "few": stats.Summary(99.0, 0.0, 2)}       # n < 3: marked, never ranked, never the best
-    assert stats.rank_row(cells) == {"best": 1, "noisy": 1, "close": 1, "worse": 4, "worse2": 4, "last": 6,
-                                     "few": None}
-    # the rule is read against the Welch p-values
-    assert stats.welch_p(cells["best"], cells["close"]) >= stats.ALPHA
-    assert stats.welch_p(cells["best"], cells["worse"]) < stats.ALPHA
+# ---------------------------------------------------------------------- ranks
+def test_ranks_follow_the_means_on_the_issue_example():
+    """best 90 ± 0.1, precise 89.5 ± 0.1, noisy 85 ± 10, 3 sets each: the sequential Welch grouping gave 1, 3, 1."""
+    cells = {"best": stats.Summary(90.0, 0.1, 3), "precise": stats.Summary(89.5, 0.1, 3),
+             "noisy": stats.Summary(85.0, 10.0, 3)}
+    assert stats.rank_row(cells) == {"best": 1, "precise": 2, "noisy": 2}
+    assert stats.welch_p(cells["best"], cells["precise"]) < stats.ALPHA       # precise is below best
+    assert stats.welch_p(cells["precise"], cells["noisy"]) >= stats.ALPHA     # noisy is not below precise
 
 
-def test_ranks_in_the_table_and_n_below_3_marked():
-    records = runs("random", [80.0, 81.0, 82.0]) + runs("herding", [90.0, 90.5, 91.0]) + \
-        runs("kcenter", [89.0, 91.0, 90.0]) + runs("mgd3", [99.0, 99.0])
-    (table,) = lb.build_tables(records, defaults=no_card)
-    row = table.rows[0]
-    assert {k: c.rank for k, c in row.cells.items()} == {"random": 3, "herding": 1, "kcenter": 1, "mgd3": None}
-    assert row.best_labels() == {"herding", "kcenter"}
-    texts = render.row_texts(table, row, lambda s: f"**{s}**")
-    assert texts[2:6] == ["81.00 ± 2.48 (3) #3", "**90.50 ± 1.24 (3) #1**", "**90.00 ± 2.48 (3) #1**",
-                          "99.00 ± 0.00 (2) n<3"]
-    # Δ: best mean (mgd3, n = 2) − random, Welch interval over 2 + 3 runs
-    assert texts[-1].startswith("+18.00 ± ") and texts[-1].endswith(" (mgd3)")
+def test_equal_means_never_rank_apart():
+    cells = {"a": stats.Summary(88.61, 0.2, 3), "b": stats.Summary(90.0, 0.1, 3), "c": stats.Summary(88.61, 3.0, 5),
+             "d": stats.Summary(88.61, 0.0, 3), "e": stats.Summary(88.61, 0.0, 4), "few": stats.Summary(99.0, 0.0, 2)}
+    ranks = stats.rank_row(cells)
+    assert ranks["a"] == ranks["c"] == ranks["d"] == ranks["e"] == 2 and ranks["b"] == 1 and ranks["few"] is None
+
+
+def test_ranks_are_monotone_in_the_mean_on_random_rows():
+    rng = random.Random(0)
+    for _ in range(300):
+        cells = {}
+        for i in range(rng.randint(2, 9)):
+            mean = rng.choice([rng.uniform(50, 95), 80.0, 80.0])  # repeated means too
+            cells[f"m{i}"] = stats.Summary(round(mean, 2), rng.choice([0.0, rng.uniform(0, 8)]), rng.randint(1, 6))
+        ranks = stats.rank_row(cells)
+        ranked = [k for k, r in ranks.items() if r is not None]
+        assert all((ranks[k] is None) == (cells[k].n < stats.MIN_RANKED) for k in cells)
+        for a in ranked:
+            for b in ranked:
+                if cells[a].mean > cells[b].mean:
+                    assert ranks[a] <= ranks[b], (cells, ranks)
+                if cells[a].mean == cells[b].mean:
+                    assert ranks[a] == ranks[b], (cells, ranks)
+        assert sorted(ranks[k] for k in ranked)[:1] in ([], [1])
 
 
 # ---------------------------------------------------------------------- protocol lock
 def test_hard_and_soft_never_share_a_table_or_a_ranking():
     records = runs("random", [80.0, 81.0, 82.0]) + runs("random", [85.0, 86.0, 87.0], protocol="rded", family="soft")
     tables = lb.build_tables(records, defaults=no_card)
-    assert [(t.protocol, t.family) for t in tables] == [("dc", "hard"), ("rded", "soft")]
+    assert [(t.protocol, t.family, t.label_type) for t in tables] == [("dc", "hard", "hard"), ("rded", "soft", "soft")]
     with pytest.raises(ConfigError, match="refusing to rank cells of protocol families hard, soft"):
         stats.rank_row({"a": stats.Summary(1, 1, 3, "hard"), "b": stats.Summary(1, 1, 3, "soft")})
     # one card version whose records disagree on the family: refused, not mixed
@@ -114,26 +175,86 @@ def test_hard_and_soft_never_share_a_table_or_a_ranking():
         lb.build_tables(mixed, defaults=no_card)
 
 
-def test_config_hashes_split_columns_and_old_records_form_their_own_group():
+def test_config_hashes_split_rows_and_old_records_form_their_own_group():
     records = runs("herding", [80.0, 81.0, 82.0], chash="aaaa1111bbbb2222") + \
         runs("herding", [60.0, 61.0, 62.0]) + [rec("herding", 70.0, 9, chash="cccc3333dddd4444")]
-    (table,) = lb.build_tables(records, defaults=no_card)
-    assert [c for c, _ in table.columns] == ["herding @aaaa1111bbbb", "herding @cccc3333dddd", "herding @–"]
-    cells = table.rows[0].cells
-    assert (cells["herding @–"].mean, cells["herding @–"].n) == (61.0, 3)  # never averaged with hashed runs
-    assert table.config_hashes["herding @aaaa1111bbbb"] == "aaaa1111bbbb2222"
-    assert "@– = records without a config hash (grouped by card versions)" in render.notes(table)[-1]
+    rows = by_label(one_table(records))
+    assert set(rows) == {"herding v1 @aaaa11", "herding v1 @cccc33", "herding v1 @–"}
+    assert (rows["herding v1 @–"].mean, rows["herding v1 @–"].summary.n) == (61.0, 3)  # never averaged with hashed runs
+    assert rows["herding v1 @aaaa11"].config_hash == "aaaa1111bbbb2222"
 
 
-def test_soft_table_header_names_teacher_card_hash_and_overrides():
+def test_soft_table_details_name_teacher_card_hash_and_overrides():
     teacher = {"arch": "resnet18_tv", "source": "torchvision", "val_acc": 69.76, "sha256": "f" * 64}
     records = runs("random", [40.0, 41.0, 42.0], protocol="rded", family="soft", extra={"teacher": teacher})
     (table,) = lb.build_tables(records, defaults=lambda kind, *a: {"family": "soft", "epochs": 300}
                                if kind == "protocol" else None)
     text = render.render_markdown([table])
-    assert "## digits · protocol rded v1 · soft labels · modified: epochs=5" in text
-    assert f"card hash {lb.card_hash({'family': 'soft', 'epochs': 5})}; overrides: epochs=5." in text
+    assert "## digits · protocol rded v1 (soft labels) · IPC 10 · convnet3" in text  # settings not in the heading
+    assert "`smoke scale` `card modified` `CPU` · soft labels · device: cpu (2 threads)" in text
+    assert f"resolved-card hash {lb.card_hash({'family': 'soft', 'epochs': 5})}; settings changed from the card: " \
+           "epochs=5." in text
     assert "Teacher: arch resnet18_tv, source torchvision, real-validation accuracy 69.76 %." in text
+    assert text.index("<details><summary>provenance</summary>") < text.index("Teacher:")
+
+
+def test_badges_say_the_scale_and_a_paper_scale_table_gets_none():
+    gpu = [dict(r, device="cuda (NVIDIA H100)") for r in runs("herding", [80.0, 81.0, 82.0])]
+    assert one_table(gpu).badges == []
+    assert one_table(runs("herding", [80.0, 81.0, 82.0])).badges == ["smoke scale", "CPU"]
+    flagged = one_table(runs("herding", [80.0, 81.0, 82.0], extra={"nonstandard_subset": "fastai imagewoof2"}))
+    assert flagged.badges[-1] == "nonstandard subset"
+    assert flagged.texts(flagged.rows[0])[1] == "herding v1 ⚑ nonstandard subset"
+    assert "nonstandard data: fastai imagewoof2" in flagged.details()[-1]
+
+
+# ---------------------------------------------------------------------- references: whole split, DD-Ranking
+def whole(values, ipc=0, **kw):
+    return [dict(r, method="whole") for r in evals("w", values, ipc=ipc, **kw)]
+
+
+def test_the_whole_split_is_in_every_ipc_table_with_shares_and_scores():
+    records = whole([95.0, 97.0]) + runs("random", [60.0, 62.0, 64.0], ipc=1) + \
+        runs("herding", [70.0, 72.0, 74.0], ipc=1) + runs("random", [80.0, 82.0, 84.0]) + evals("dit", [90.0, 91.0])
+    tables = lb.build_tables(records, defaults=no_card)
+    assert [t.ipc for t in tables] == [1, 10]
+    ipc1, ipc10 = (by_label(t) for t in tables)
+    assert ipc1["whole v1"] is ipc10["whole v1"] and ipc1["whole v1"].rank is None  # a reference: never ranked
+    assert ipc1["herding v1"].share == pytest.approx(100 * 72.0 / 96.0)
+    d = ipc1["herding v1"].ddr
+    assert (d.hlr, d.ior) == (pytest.approx(96.0 - 72.0), pytest.approx(72.0 - 62.0))
+    assert ipc10["dit v1"].ddr is None and ipc10["dit v1"].share == pytest.approx(100 * 90.5 / 96.0)  # one set
+    assert tables[0].columns()[5:9] == ["HLR", "IOR", "LRS (%)", "% of whole"]
+    assert tables[1].badges == ["smoke scale", "self-trained generator", "CPU"]
+
+
+def ddranking_reference(full_hard, syn_hard, syn, rand, lam=0.5):
+    """Transcribed from ddranking 0.2.0 (PyPI), ddranking/metrics/hard_label.py LabelRobustScoreHard
+    .compute_metrics (and soft_label.py LabelRobustScoreSoft.compute_metrics, which differs only in passing the
+    soft-label accuracies of the set and of random as `syn` and `rand`), one evaluation run:
+        hlr = 1.00 * (full_data_hard_label_acc - syn_data_hard_label_acc)
+        ior = 1.00 * (syn_data_hard_label_acc - random_data_hard_label_acc)
+        alpha = lrs_lambda * ior - (1 - lrs_lambda) * hlr
+        lrs = (np.exp(alpha) - np.exp(-1)) / (np.exp(1) - np.exp(-1))
+    The package passes accuracies in %; the scores below feed alpha accuracies as fractions (docs)."""
+    import numpy as np
+
+    hlr = 1.00 * (full_hard - syn_hard)
+    ior = 1.00 * (syn - rand)
+    alpha = lam * ior - (1 - lam) * hlr
+    lrs = (np.exp(alpha) - np.exp(-1)) / (np.exp(1) - np.exp(-1))
+    return hlr, ior, lrs
+
+
+@pytest.mark.parametrize("full, syn_hard, syn, rand", [(93.5, 70.1, 70.1, 65.0), (56.5, 21.0, 40.2, 12.5),
+                                                       (90.0, 95.0, 97.0, 20.0), (50.0, 10.0, 10.0, 30.0)])
+def test_ddranking_parity(full, syn_hard, syn, rand):
+    got = stats.ddranking_scores(full, syn_hard, syn, rand)
+    hlr, ior, _ = ddranking_reference(full, syn_hard, syn, rand)  # points, as the package reports them
+    _, _, lrs = ddranking_reference(full / 100, syn_hard / 100, syn / 100, rand / 100)
+    assert (got.hlr, got.ior, got.lrs) == (pytest.approx(hlr), pytest.approx(ior), pytest.approx(100 * lrs))
+    assert 0 <= got.lrs <= 100
+    assert stats.ddranking_scores(None, syn_hard, syn, rand) == stats.DDRankingScores(None, pytest.approx(ior), None)
 
 
 # ---------------------------------------------------------------------- budget
@@ -150,55 +271,70 @@ def test_budget_bytes_of_a_known_set(tmp_path):
     assert network_size(net) == {"params": 21, "bytes": (21 + 6) * 4 + 8}
 
 
-def test_budget_table_totals_and_accuracy_per_mb():
+def test_budget_beside_each_row_counts_the_teacher_in_soft_tables():
     hard = runs("herding", [80.0, 80.0, 80.0], budget={"set_bytes": 2_000_000})
     soft = runs("random", [60.0, 60.0, 60.0], protocol="rded", family="soft",
                 budget={"set_bytes": 1_000_000, "teacher_params": 250_000, "teacher_bytes": 1_000_000},
                 extra={"soft_label_bytes": 2_000_000})
     old = runs("kcenter", [70.0, 70.0, 70.0])  # older records: no budget fields
-    tables = budget_rows(hard + soft + old)
-    (h_key, hard_lines), (s_key, soft_lines) = tables.items()
-    by = {x["label"]: x for x in hard_lines}
-    assert by["herding"]["total_bytes"] == 2_000_000 and by["herding"]["acc_per_mb"] == pytest.approx(40.0)
-    assert by["kcenter"]["total_bytes"] is None and by["kcenter"]["acc_per_mb"] is None
-    assert soft_lines[0]["total_bytes"] == 4_000_000 and soft_lines[0]["acc_per_mb"] == pytest.approx(15.0)
-    text = render_budget_markdown(hard + soft + old)
-    assert "| 10 | convnet3 | herding | 80.00 ± 0.00 (3) | 2 MB | 0 B (hard) | none | 2 MB | 40 | 3.0 | 3.0 |" in text
-    assert "| 10 | convnet3 | kcenter | 70.00 ± 0.00 (3) | – | 0 B (hard) | none | – | – |" in text
-    assert "| 10 | convnet3 | random | 60.00 ± 0.00 (3) | 1 MB | 2 MB | 250 k params, 1 MB | 4 MB | 15 |" in text
+    hard_t, soft_t = lb.build_tables(hard + soft + old, defaults=no_card)
+    rows = by_label(hard_t)
+    assert hard_t.texts(rows["herding v1"])[-6:] == ["2.00 MB", "hard", "none", "2.00 MB", "3.0", "3.0"]
+    assert hard_t.texts(rows["kcenter v1"])[-6:-2] == ["–", "hard", "none", "–"]
+    assert soft_t.texts(soft_t.rows[0])[-6:] == ["1.00 MB", "2.00 MB", "250 k params, 1.00 MB", "4.00 MB", "3.0",
+                                                 "3.0"]
+    assert [size_text(x) for x in (412, 999_499, 999_999, 12_345_678, 2.5e9)] == \
+        ["412 B", "999 KB", "1000 KB", "12.3 MB", "2.50 GB"]  # never scientific notation
 
 
 # ---------------------------------------------------------------------- reproduction
-def test_z_and_verdicts():
-    r = stats.reproduction(stats.Summary(80.0, 3.0, 3), 84.0, 4.0)
-    assert (r.delta, r.z, r.verdict) == (-4.0, pytest.approx(-0.8), "reproduced")
-    assert stats.reproduction(stats.Summary(80.0, 3.0, 3), 87.5, 4.0).verdict == "within 2σ"   # z = −1.5
-    assert stats.reproduction(stats.Summary(80.0, 3.0, 3), 91.0, 4.0).verdict == "gap"          # z = −2.2
-    assert stats.reproduction(stats.Summary(80.0, 1.0, 3), 81.5, None).z == pytest.approx(-1.5)  # no paper std
-    assert stats.reproduction(None, 80.0, 1.0).verdict == "not run"
-    assert stats.reproduction(stats.Summary(80.0, 0.0, 1), 81.0, None).verdict == "no spread"
+def test_equivalence_verdicts():
+    # 3 sets, sd 1: half-width t(2)·1/√3 = 2.484
+    assert stats.reproduction(stats.Summary(80.0, 0.2, 3), 80.3, margin=1.0).verdict == "reproduced"  # ±0.50 inside
+    r = stats.reproduction(stats.Summary(80.0, 1.0, 3), 80.0, margin=1.0)
+    assert (r.verdict, r.low, r.high) == ("inconclusive", pytest.approx(-2.4841, abs=1e-3), pytest.approx(2.4841, abs=1e-3))
+    assert stats.reproduction(stats.Summary(80.0, 1.0, 3), 80.0, margin=3.0).verdict == "reproduced"
+    assert stats.reproduction(stats.Summary(80.0, 1.0, 3), 84.0, margin=1.0).verdict == "gap"    # [-6.5, -1.5]
+    assert stats.reproduction(stats.Summary(80.0, 1.0, 3), 82.0, margin=1.0).verdict == "inconclusive"
+    # a larger spread can only widen the interval: never an easier "reproduced"
+    assert stats.reproduction(stats.Summary(80.0, 5.0, 3), 80.0, margin=1.0).verdict == "inconclusive"
+    assert stats.reproduction(stats.Summary(80.0, 0.0, 2), 80.0).verdict == "too few sets"
+    assert stats.reproduction(stats.Summary(80.0, 0.0, 1), 80.0).verdict == "too few sets"
+    assert stats.reproduction(None, 80.0).verdict == "not run"
+    with pytest.raises(ConfigError, match="margin"):
+        stats.reproduction(stats.Summary(80.0, 1.0, 3), 80.0, margin=0.0)
 
 
-def test_reproduction_report_uses_the_paper_metric_and_only_the_cards_settings():
+def test_reproduction_page_uses_the_paper_metric_sets_and_only_the_cards_settings():
     reported = {("digits", "dc"): {
-        "herding": {"source": "A", "cells": {(10, "convnet3"): (84.0, 4.0), (50, "convnet3"): (95.0, 1.0)}},
+        "herding": {"source": "Paper A, table 2", "cells": {(10, "convnet3"): (80.5, 4.0), (50, "convnet3"): (95.0, 1.0)}},
         "kcenter": {"source": "B", "cells": {(10, "convnet3"): (70.0, 0.5)}}}}
-    records = [rec("herding", 0.0, s, best=b) for s, b in enumerate([77.0, 80.0, 83.0])]  # acc_best 80 ± 3
+    records = [rec("herding", 0.0, s, best=b) for s, b in enumerate([79.9, 80.0, 80.1])]  # acc_best 80 ± 0.25
     modified = [rec("kcenter", 70.0, s) for s in range(3)]
     for r in modified:
         r["protocol_config"] = {"family": "hard", "epochs": 1}  # another setting than the card's: not a reproduction
     card = {"family": "hard", "epochs": 5}
     lines = reproduction_lines(records + modified, "best", reported, defaults=lambda kind, *a: card
                                if kind == "protocol" else {})
-    got = {(x.method, x.ipc): (x.result.verdict, x.result.z) for x in lines}
-    assert got == {("herding", 10): ("reproduced", pytest.approx(-0.8)), ("herding", 50): ("not run", None),
-                   ("kcenter", 10): ("not run", None)}
+    got = {(x.method, x.ipc): x.result.verdict for x in lines}
+    assert got == {("herding", 10): "reproduced", ("herding", 50): "not run", ("kcenter", 10): "not run"}
     assert {m: dict(c) for m, c in summaries(lines).items()} == {"herding": {"reproduced": 1, "not run": 1},
                                                                   "kcenter": {"not run": 1}}
     text = render_reproduction_markdown(lines, "best", "ddbench leaderboard --reproduction")
-    assert "- herding: 1 reproduced, 0 within 2σ, 0 gap, 1 not run (of 2 reported cells)" in text
-    assert "| digits | dc | 10 | convnet3 | herding | 84.0 ± 4.0 | 80.00 ± 3.00 (3) v1 | -4.00 | -0.80 | reproduced |" \
-        in text
+    assert "**1 of 3 paper numbers measured here; not run: digits.**" in text
+    assert "- herding: 1 reproduced, 1 not run (of 2 reported cells)" in text
+    assert "| digits | dc | 10 | convnet3 | herding | Paper A, table 2 | 80.5 (sd 4.0) | 80.00 ± 0.25 v1 | 3 × 1 " \
+           "| -0.50 | [-0.75, -0.25] | reproduced |" in text
+    assert "Methods without paper numbers: random," in text and "whole" in text.split("Methods without")[1]
+
+
+def test_reproduction_headline_and_imageidc():
+    from ddbench.leaderboard.repro import Line, headline, _texts
+
+    line = Line("idc", "idc", 10, "resnetap10", "herding", "IDC, table 3", (60.0, None), None, None, None,
+                stats.reproduction(None, 60.0))
+    assert headline([line, line]) == "0 of 2 paper numbers measured here: all need ImageNet."
+    assert _texts(line)[:2] == ["ImageIDC", "idc"]
 
 
 # ---------------------------------------------------------------------- html
@@ -236,11 +372,11 @@ def test_html_page_is_well_formed_and_its_numbers_equal_the_markdowns():
     checker = _Checker()
     checker.feed(page)
     checker.close()
-    assert checker.stack == [] and page.startswith("<!DOCTYPE html>") and page.count("<table ") == 2
-    md_cells = [c.strip().strip("*") for line in render.render_markdown(tables).splitlines()
-                if line.startswith("| ") and not line.startswith("| IPC") for c in line.strip("|").split(" | ")]
+    assert checker.stack == [] and page.startswith("<!DOCTYPE html>") and page.count("<table ") == 3
+    md_cells = [c.strip() for line in render.render_markdown(tables).splitlines()
+                if line.startswith("| ") and not line.startswith("| rank") for c in line[2:-2].split(" | ")]
     assert checker.cells == md_cells
-    assert 'data-v="90.5"' in page and "th.addEventListener(\"click\"" in page  # sortable by the cell means
+    assert 'data-v="90.5"' in page and "th.addEventListener(\"click\"" in page  # sortable by the means
 
 
 def test_reproduction_pairs_are_protocols_not_source_notes():
@@ -251,3 +387,29 @@ def test_reproduction_pairs_are_protocols_not_source_notes():
     pairs = reported_pairs()
     assert pairs and not {p for _, p in pairs} & set(REPORTED_META)
     assert load_reported(pairs | {("woof", "protocol_values")})  # every card's numbers load; a note is skipped
+
+
+def test_a_method_whose_seeds_give_one_set_is_deterministic_and_its_evaluations_count():
+    same = [dict(r, distilled_sha256="one") for r in runs("herding", [80.0, 81.0, 82.0])]  # seeds 0-2, one set
+    rows = by_label(one_table(same + runs("random", [70.0, 71.0, 72.0])))
+    s = rows["herding v1"].summary
+    assert (s.deterministic, s.n, s.evaluations, s.shape) == (True, 3, 3, "1 set (deterministic) × 3")
+    assert rows["herding v1"].rank == 1 and rows["herding v1"].gain.value == pytest.approx(10.0)
+    # one seed evaluated three times: nothing says the method is deterministic; one set, unranked
+    rows = by_label(one_table(evals("herding", [80.0, 81.0, 82.0]) + runs("random", [70.0, 71.0, 72.0])))
+    assert (rows["herding v1"].summary.deterministic, rows["herding v1"].rank) == (False, None)
+
+
+def test_soft_label_scores_read_the_hard_label_run_of_the_same_method():
+    hard = whole([90.0, 92.0]) + runs("random", [60.0, 62.0]) + runs("dit", [70.0, 72.0])
+    soft = runs("random", [75.0, 77.0], protocol="rded", family="soft") + \
+        runs("dit", [80.0, 82.0], protocol="rded", family="soft") + \
+        runs("herding", [85.0, 85.5], protocol="rded", family="soft")  # no hard-label run: HLR and LRS stay empty
+    hard_t, soft_t = lb.build_tables(hard + soft, defaults=no_card)
+    rows = by_label(soft_t)
+    d = rows["dit v1"].ddr
+    assert (d.hlr, d.ior) == (pytest.approx(91.0 - 71.0), pytest.approx(81.0 - 76.0))  # HLR: hard labels; IOR: soft
+    assert d.lrs == pytest.approx(stats.ddranking_scores(91.0, 71.0, 81.0, 76.0).lrs)
+    assert (rows["herding v1"].ddr.hlr, rows["herding v1"].ddr.lrs) == (None, None)
+    assert rows["herding v1"].ddr.ior == pytest.approx(85.25 - 76.0)
+    assert "HLR" in soft_t.columns() and "% of whole" not in soft_t.columns()  # no soft-label whole run here

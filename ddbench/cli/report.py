@@ -57,29 +57,34 @@ def write_text(text: str, output: str | None) -> None:
 
 
 # ---------------------------------------------------------------------- commands
-@command("leaderboard", "tables in the papers' layout from the results store (one per dataset × protocol)")
+@command("leaderboard", "one table per setting (dataset × protocol × IPC × network), methods as rows")
 def cmd_leaderboard(p: argparse.ArgumentParser):
     add_source_options(p)
     p.add_argument("--format", choices=["md", "csv", "html"], default="md")
-    p.add_argument("--reported", action="store_true", help="add the papers' numbers from the method cards")
+    p.add_argument("--reported", action="store_true", help="add the papers' numbers from the method cards as rows")
     p.add_argument("--output", default=None, help="write to FILE instead of stdout")
+    p.add_argument("--all-versions", action="store_true",
+                   help="md/html: add an archive section with the results of superseded card versions")
     p.add_argument("--set-metrics", action="store_true",
                    help="md: also a table per dataset of the distilled sets' diversity / coverage / MMD² (docs/metrics.md)")
-    p.add_argument("--budget", action="store_true",
-                   help="md/html: also a budget table per table: bytes the student needs, accuracy per MB, seconds")
     p.add_argument("--reproduction", action="store_true",
                    help="md/html: instead of the tables, every number the method cards report vs the measured one: "
-                        "Δ, z and a verdict (reproduced, within 2σ, gap, not run)")
+                        "Δ, its interval and an equivalence verdict (reproduced, gap, inconclusive, too few sets, "
+                        "not run)")
+    p.add_argument("--margin", type=float, default=None,
+                   help="--reproduction: the equivalence margin in accuracy points (default: 1)")
 
     def handler(args):
         from ..leaderboard import build_tables, load_reported
-        from ..leaderboard.render import RENDERERS, html_page, html_sections
+        from ..leaderboard.render import RENDERERS
         from ..leaderboard.sets import render_set_metrics
 
         records = load_records(args)
         command = _leaderboard_command(args)
-        if (args.budget or args.reproduction) and args.format == "csv":
-            raise ConfigError("--budget and --reproduction are written as md or html; use --format md or html")
+        if args.reproduction and args.format == "csv":
+            raise ConfigError("--reproduction is written as md or html; use --format md or html")
+        if args.margin is not None and not args.reproduction:
+            raise ConfigError("--margin sets the equivalence margin of --reproduction; add --reproduction or drop it")
         if args.reproduction:
             write_text(_reproduction(records, args, command), args.output)
             return
@@ -93,16 +98,7 @@ def cmd_leaderboard(p: argparse.ArgumentParser):
                               "--dataset and --protocol)")
         if args.set_metrics and args.format != "md":
             raise ConfigError("--set-metrics is written as markdown only; drop it or use --format md")
-        if args.format == "html" and args.budget:
-            from ..leaderboard.budget import budget_html_sections
-
-            text = html_page(html_sections(tables) + budget_html_sections(records, metric), command)
-        else:
-            text = RENDERERS[args.format](tables, command=command)
-        if args.budget and args.format == "md":
-            from ..leaderboard.budget import render_budget_markdown
-
-            text += "\n" + render_budget_markdown(records, metric)
+        text = RENDERERS[args.format](tables, command=command, all_versions=args.all_versions or args.format == "csv")
         if args.set_metrics:
             text += "\n" + render_set_metrics(records)
         write_text(text, args.output)
@@ -110,6 +106,7 @@ def cmd_leaderboard(p: argparse.ArgumentParser):
 
 
 def _reproduction(records, args, command: str) -> str:
+    from .. import stats
     from ..leaderboard.repro import (render_reproduction_html, render_reproduction_markdown, reported_pairs,
                                      reproduction_lines)
     from ..leaderboard import load_reported
@@ -117,11 +114,12 @@ def _reproduction(records, args, command: str) -> str:
     pairs = {(d, pr) for d, pr in reported_pairs()
              if (not args.dataset or d in args.dataset) and (not args.protocol or pr in args.protocol)}
     metric = args.metric or "best"
-    lines = reproduction_lines(records, metric, load_reported(pairs))
+    margin = stats.MARGIN if args.margin is None else args.margin
+    lines = reproduction_lines(records, metric, load_reported(pairs), margin=margin)
     if not lines:
         raise ConfigError("no method card reports numbers for these --dataset/--protocol filters; nothing to compare")
     render = render_reproduction_html if args.format == "html" else render_reproduction_markdown
-    return render(lines, metric, command)
+    return render(lines, metric, command, margin)
 
 
 def _leaderboard_command(args) -> str:
@@ -135,9 +133,11 @@ def _leaderboard_command(args) -> str:
         parts.append(f"--metric {args.metric}")
     if args.reported:
         parts.append("--reported")
-    for flag in ("set_metrics", "budget", "reproduction"):
+    for flag in ("all_versions", "set_metrics", "reproduction"):
         if getattr(args, flag, False):
             parts.append("--" + flag.replace("_", "-"))
+    if getattr(args, "margin", None) is not None:
+        parts.append(f"--margin {args.margin:g}")
     if args.format != "md":
         parts.append(f"--format {args.format}")
     return " ".join(parts)

@@ -7,6 +7,7 @@ from pathlib import Path
 from .options import (add_data_options, add_model_options, add_models_at_once, command, int_list, options_of,
                       split_overrides)
 from ..config import parse_overrides
+from ..errors import ConfigError
 
 
 @command("teacher", "train (or load) the classifier used as teacher and feature extractor")
@@ -40,7 +41,8 @@ def cmd_teacher(p: argparse.ArgumentParser):
 def cmd_run(p: argparse.ArgumentParser):
     p.add_argument("--method", required=True)
     p.add_argument("--dataset", required=True)
-    p.add_argument("--ipc", type=int, required=True)
+    p.add_argument("--ipc", type=int, default=None,
+                   help="images per class (required; a reference method such as `whole` ignores it: ipc = all)")
     p.add_argument("--protocol", default=None, help="protocol card (default: dc for embedded data, idc for ImageNet)")
     p.add_argument("--arch", nargs="+", default=None, help="evaluation networks (default: the protocol card's)")
     p.add_argument("--seeds", type=int_list, default=[0], help="distillation seeds, e.g. 0,1,2")
@@ -63,12 +65,24 @@ def cmd_run(p: argparse.ArgumentParser):
         from ..runner import RunRequest, run
 
         m_over, p_over = split_overrides(args.set)
-        req = RunRequest(args.method, args.dataset, args.ipc, args.protocol, args.arch, args.seeds, args.eval_seeds,
+        req = RunRequest(args.method, args.dataset, _ipc_of(args.method, args.ipc), args.protocol, args.arch, args.seeds, args.eval_seeds,
                          m_over, p_over, Path(args.out), args.device, options_of(args), rerun=args.rerun)
         with progress_bar() as progress:
             records = run(req, progress, log=progress.console.print)
         print_summary(records)
     return handler
+
+
+def _ipc_of(method: str, ipc: int | None) -> int:
+    """--ipc as given; a reference method (the whole split) needs none and records ipc = 0."""
+    from ..method import method_card
+    from ..runner import REFERENCE
+
+    if ipc is not None:
+        return ipc
+    if method_card(method).get("kind") == REFERENCE:
+        return 0
+    raise ConfigError(f"--ipc is required for method {method}: the number of images per class, e.g. --ipc 10")
 
 
 @command("evaluate", "score an existing folder of distilled images (ddbench's or any ImageFolder)")

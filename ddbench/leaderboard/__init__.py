@@ -1,13 +1,15 @@
-"""Leaderboards from result records: tables with their statistics (`tables`), their markdown / HTML / CSV
-(`render`), budget tables (`budget`), reproduction status (`repro`) and distilled-set metric tables (`sets`).
+"""Leaderboards from result records: the table model with its statistics (`tables`), the budget beside each row
+(`budget`), markdown / HTML / CSV pages (`render`), the reproduction page (`repro`) and distilled-set metric
+tables (`sets`).
 
-Imports run one way: tables <- render <- budget, repro; sets -> tables. This package imports `tables` only, so
-`ddbench.plots` (which the budget tables use for timings) can import the package without a cycle.
+Imports run one way: budget, cards <- tables <- render <- repro; sets -> tables, cards (`cards`: what the
+tables read from the method and protocol cards). This package imports `tables` only, so
+`ddbench.plots` can import the package without a cycle.
 """
-from .tables import (BASELINE, DASH, METRICS, Cell, Row, Table, arch_order, build_tables, card_config, card_hash,
-                     cell_facts, column_labels, config_diff, load_reported, method_order, printed, teacher_of,
-                     variant_summary)
+from .tables import (BASELINE, DASH, METRICS, REFERENCE, Row, Table, arch_order, build_tables, card_config,
+                     card_hash, cells_of, column_labels, config_diff, dataset_name, load_reported, method_order,
+                     printed, row_label, teacher_of, variant_summary)
 
-__all__ = ["BASELINE", "DASH", "METRICS", "Cell", "Row", "Table", "arch_order", "build_tables", "card_config",
-           "card_hash", "cell_facts", "column_labels", "config_diff", "load_reported", "method_order", "printed",
-           "teacher_of", "variant_summary"]
+__all__ = ["BASELINE", "DASH", "METRICS", "REFERENCE", "Row", "Table", "arch_order", "build_tables", "card_config",
+           "card_hash", "cells_of", "column_labels", "config_diff", "dataset_name", "load_reported", "method_order",
+           "printed", "row_label", "teacher_of", "variant_summary"]

@@ -1,11 +1,13 @@
-"""Reproduction status (`ddbench leaderboard --reproduction`): every number a method card reports, next to
-what was measured here under the same dataset, protocol card, IPC and network.
+"""Reproduction page (`ddbench leaderboard --reproduction`): every number a method card reports, next to what
+was measured here under the same dataset, protocol card, IPC and network.
 
 Only cells measured with the cards' own settings count (a `--set` override is a different experiment), in the
-papers' metric by default (best test epoch). Each line: reported mean ± std, measured mean ± std (n), Δ =
-measured − reported, z = Δ / sqrt(std_measured² + std_reported²) and a verdict (`ddbench.stats.reproduction`):
-reproduced (|z| ≤ 1), within 2σ, gap, not run. A summary line per method counts its verdicts.
-Definitions: docs/leaderboards.md.
+papers' metric by default (best test epoch). Each line: the paper and table it comes from, the reported mean,
+the measured mean ± its 95 % interval over distilled sets (sets × evaluations), Δ = measured − reported with
+its interval, and the verdict of an equivalence test against ± a margin (`ddbench.stats.reproduction`):
+reproduced, gap, inconclusive, too few sets (< 3), not run. The page opens with a headline ("k of N paper
+numbers measured here") and lists the methods whose cards report no paper numbers. Definitions:
+docs/leaderboards.md.
 """
 from __future__ import annotations
 
@@ -14,12 +16,12 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-import pandas as pd
-
 from .. import stats
-from .tables import (DASH, METRICS, REPORTED_META, arch_order, load_reported, method_order, printed,
-                     variant_summary)
+from .cards import REPORTED_META, card_config, load_reported, with_label_keys
+from .tables import DASH, METRICS, arch_order, cell_summary, cells_of, dataset_name, method_order, printed
 from .render import html_page, html_table, markdown_table
+
+IMAGENET = ("woof", "nette", "idc", "imagenet100", "imagenet1k")
 
 
 @dataclass
@@ -29,6 +31,7 @@ class Line:
     ipc: int
     arch: str
     method: str
+    source: str                         # the paper and table the number comes from
     reported: tuple[float, float | None]
     measured: stats.Summary | None
     version: str | None                 # the measured method card version (None: not run)
@@ -47,9 +50,14 @@ def reported_pairs() -> set[tuple[str, str]]:
     return pairs
 
 
+def _own_settings(cell: dict) -> bool:
+    """Measured with the cards' own settings (the label keys a card always names do not count as changes)."""
+    return cell["pvariant"] == "" and cell["mvariant"] == with_label_keys("", cell["records"][0])
+
+
 def reproduction_lines(records: Iterable[Mapping], metric: str = "best", reported: Mapping | None = None,
-                       defaults=None) -> list[Line]:
-    """One line per (reported cell × measured group); a reported cell nobody measured gets one "not run" line.
+                       defaults=None, margin: float = stats.MARGIN) -> list[Line]:
+    """One line per (reported cell × measured cell); a reported cell nobody measured gets one "not run" line.
     `reported`: as `load_reported` returns (default: every card's numbers); `defaults`: as in `build_tables`."""
     if metric not in METRICS:
         from ..errors import ConfigError
@@ -57,24 +65,20 @@ def reproduction_lines(records: Iterable[Mapping], metric: str = "best", reporte
         raise ConfigError(f"--metric {metric!r}: expected one of {', '.join(METRICS)}")
     field = METRICS[metric][0]
     reported = load_reported(reported_pairs()) if reported is None else reported
-    df = variant_summary(records, defaults)
     measured: dict[tuple, list] = {}
-    if not df.empty:
-        own = df[(df["pvariant"] == "") & (df["mvariant"] == "")]  # the papers ran the cards' own settings
-        for rec in own.itertuples(index=False):
-            key = (rec.dataset, rec.protocol, int(rec.ipc), rec.arch, rec.method)
-            measured.setdefault(key, []).append(
-                (stats.Summary(float(getattr(rec, f"{field}_mean")), float(getattr(rec, f"{field}_std")), int(rec.n)),
-                 None if pd.isna(rec.method_version) else rec.method_version,
-                 None if rec.config_hash is None or pd.isna(rec.config_hash) else rec.config_hash))
+    for cell in cells_of(records, defaults or card_config):
+        if _own_settings(cell):
+            key = (cell["dataset"], cell["protocol"], cell["ipc"], cell["arch"], cell["method"])
+            measured.setdefault(key, []).append((cell_summary(cell["records"], field), cell["method_version"],
+                                                 cell["config_hash"]))
     lines = []
     for (dataset, protocol), methods in reported.items():
         for method, entry in methods.items():
             for (ipc, arch), (mean, std) in entry["cells"].items():
                 found = measured.get((dataset, protocol, ipc, arch, method)) or [(None, None, None)]
                 for summary, version, chash in found:
-                    lines.append(Line(dataset, protocol, ipc, arch, method, (mean, std), summary, version, chash,
-                                      stats.reproduction(summary, mean, std)))
+                    lines.append(Line(dataset, protocol, ipc, arch, method, entry.get("source", ""), (mean, std),
+                                      summary, version, chash, stats.reproduction(summary, mean, margin)))
     return sorted(lines, key=lambda x: (x.dataset, x.protocol, method_order(x.method), x.ipc, arch_order(x.arch)))
 
 
@@ -86,51 +90,76 @@ def summaries(lines: list[Line]) -> dict[str, Counter]:
 
 
 def summary_text(method: str, counts: Counter) -> str:
-    shown = ", ".join(f"{counts[v]} {v}" for v in stats.VERDICTS if counts[v] or v != "no spread")
+    shown = ", ".join(f"{counts[v]} {v}" for v in stats.VERDICTS if counts[v])
     return f"{method}: {shown} (of {sum(counts.values())} reported cells)"
 
 
-HEADER = ["dataset", "protocol", "IPC", "arch", "method", "reported", "measured", "Δ", "z", "verdict"]
+def headline(lines: list[Line]) -> str:
+    """"0 of 177 paper numbers measured here: all need ImageNet" (or the datasets the rest need)."""
+    run = sum(x.measured is not None for x in lines)
+    missing = sorted({x.dataset for x in lines if x.measured is None})
+    why = "" if not missing else ": all need ImageNet" if run == 0 and all(d in IMAGENET for d in missing) else \
+        f"; not run: {', '.join(dataset_name(d) for d in missing)}"
+    return f"{run} of {len(lines)} paper numbers measured here{why}."
+
+
+def without_numbers(lines: list[Line]) -> list[str]:
+    """Registered methods whose cards report no paper numbers (the leaderboard's own and e.g. IGD's)."""
+    from ..method import list_methods
+
+    return sorted(set(list_methods()) - {x.method for x in lines}, key=method_order)
+
+
+HEADER = ["dataset", "protocol", "IPC", "arch", "method", "source", "reported", "measured", "sets × evaluations",
+          "Δ", "Δ interval", "verdict"]
 
 
 def _texts(x: Line) -> list[str]:
     mean, std = x.reported
-    rep = printed(mean) + ("" if std is None else f" ± {printed(std)}")
-    if x.measured is None:
-        got = DASH
+    rep = printed(mean) + ("" if std is None else f" (sd {printed(std)})")
+    r, s = x.result, x.measured
+    if s is None:
+        got, shape = DASH, DASH
     else:
+        ci = stats.interval(s)
         tag = f" v{x.version}" if x.version is not None else ""
-        got = f"{x.measured.mean:.2f} ± {x.measured.std:.2f} ({x.measured.n}){tag}"
-    r = x.result
-    return [x.dataset, x.protocol, str(x.ipc), x.arch, x.method, rep, got,
-            DASH if r.delta is None else f"{r.delta:+.2f}", DASH if r.z is None else f"{r.z:+.2f}", r.verdict]
+        got = f"{s.mean:.2f}" + ("" if ci is None else f" ± {ci:.2f}") + tag
+        shape = s.shape
+    band = DASH if r.low is None else f"[{r.low:+.2f}, {r.high:+.2f}]"
+    return [dataset_name(x.dataset), x.protocol, str(x.ipc), x.arch, x.method, x.source or DASH, rep, got, shape,
+            DASH if r.delta is None else f"{r.delta:+.2f}", band, r.verdict]
 
 
-def _notes(metric: str) -> list[str]:
+def _notes(metric: str, margin: float) -> list[str]:
     field, meaning = METRICS[metric]
-    return [f"Measured: {field} = {meaning}; mean ± sample std (n = distillation seeds × evaluation seeds), only "
-            "cells run with the cards' own settings (no --set overrides).",
-            "Reported: the method card's `reported:` numbers, mean ± the paper's std (none when the paper prints "
-            "none; then z uses the measured std alone).",
-            "z = Δ / sqrt(std_measured² + std_reported²), Δ = measured − reported. Verdicts: reproduced |z| ≤ 1; "
-            "within 2σ 1 < |z| ≤ 2; gap |z| > 2; not run = nothing measured here; no spread = both stds are 0."]
+    return [f"Measured: {meaning}; the mean over distilled sets ± the half-width of its 95 % confidence interval "
+            "over sets; only cells run with the cards' own settings (no --set overrides).",
+            "Reported: the method card's `reported:` number (the paper's std, when printed, for reference only: "
+            "the paper's mean is taken as a fixed number).",
+            f"Verdict (an equivalence test, margin ± {margin:g} points): the 95 % interval of measured − reported "
+            f"inside ± {margin:g}: reproduced; entirely outside: gap; across an edge: inconclusive (more sets "
+            f"narrow it); fewer than {stats.MIN_VERDICT} sets: too few sets; nothing measured here: not run."]
 
 
-def render_reproduction_markdown(lines: list[Line], metric: str, command: str) -> str:
+def render_reproduction_markdown(lines: list[Line], metric: str, command: str, margin: float = stats.MARGIN) -> str:
     out = [f"<!-- generated by `{command}` from the results store; do not edit by hand -->", "",
-           "## Reproduction status", ""] + [f"{n}  " for n in _notes(metric)] + ["", "### Summary per method", ""]
-    out += [f"- {summary_text(m, c)}" for m, c in summaries(lines).items()] + ["", "### Cells", ""]
+           "# Reproduction status", "", f"**{headline(lines)}**", ""] + [f"{n}  " for n in _notes(metric, margin)]
+    out += ["", "## Summary per method", ""] + [f"- {summary_text(m, c)}" for m, c in summaries(lines).items()]
+    out += ["", "Methods without paper numbers: " + ", ".join(without_numbers(lines)) + ".", "", "## Cells", ""]
     out += markdown_table(HEADER, [_texts(x) for x in lines], right=0)
     return "\n".join(out) + "\n"
 
 
-def render_reproduction_html(lines: list[Line], metric: str, command: str) -> str:
-    sort = [[x.dataset, x.protocol, x.ipc, x.arch, x.method, x.reported[0],
-             float("nan") if x.measured is None else x.measured.mean,
-             float("nan") if x.result.delta is None else x.result.delta,
-             float("nan") if x.result.z is None else x.result.z, x.result.verdict] for x in lines]
-    sections = ["<h2>Reproduction status</h2>"] + [f"<p>{html.escape(n)}</p>" for n in _notes(metric)]
-    sections += ["<h3>Summary per method</h3>", "<ul>"] + \
+def render_reproduction_html(lines: list[Line], metric: str, command: str, margin: float = stats.MARGIN) -> str:
+    nan = float("nan")
+    sort = [[dataset_name(x.dataset), x.protocol, x.ipc, x.arch, x.method, x.source, x.reported[0],
+             nan if x.measured is None else x.measured.mean, nan if x.measured is None else x.measured.n,
+             nan if x.result.delta is None else x.result.delta, nan if x.result.low is None else x.result.low,
+             x.result.verdict] for x in lines]
+    sections = ["<h1>Reproduction status</h1>", f"<p><strong>{html.escape(headline(lines))}</strong></p>"]
+    sections += [f"<p>{html.escape(n)}</p>" for n in _notes(metric, margin)]
+    sections += ["<h2>Summary per method</h2>", "<ul>"] + \
         [f"<li>{html.escape(summary_text(m, c))}</li>" for m, c in summaries(lines).items()] + ["</ul>"]
-    sections += ["<h3>Cells</h3>", html_table(HEADER, [_texts(x) for x in lines], sort)]
+    sections += [f"<p>{html.escape('Methods without paper numbers: ' + ', '.join(without_numbers(lines)))}.</p>"]
+    sections += ["<h2>Cells</h2>", html_table(HEADER, [_texts(x) for x in lines], sort)]
     return html_page(sections, command, "ddbench reproduction status")

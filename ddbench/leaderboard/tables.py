@@ -1,123 +1,59 @@
-"""Leaderboard tables from the results store, in the papers' layout, with their statistics.
+"""Leaderboard tables from the results store: one table per setting, methods as rows, with their statistics.
 
-One table per (dataset, protocol card, protocol version, protocol settings): a table holds one protocol family,
-so hard- and soft-label numbers never share a column or a ranking. Rows IPC × evaluation network, one column
-per method (`random` first, then by name; one per card version and per config hash), cells "mean ± 95 % CI (n)"
-over distillation seeds × evaluation seeds with the cell's rank in the row (ties by Welch's test; n < 3 marked,
-not ranked: `ddbench.stats`), and a last column "Δ vs random" = the best non-random method's mean minus
-`random`'s, with its own Welch interval. Numbers made with `--set` overrides get a table (protocol settings)
-or a column (method settings) of their own, named by the values that differ from the card. With `reported`,
-the numbers the papers print (method cards, `reported:`) sit next to each method's column, marked
-"(reported)"; they are never ranked nor used for Δ: they were not measured here and use the papers' metric.
+One table per (dataset, protocol card, protocol version, protocol settings, IPC, evaluation network): a table
+holds one protocol family, so hard- and soft-label numbers never share a ranking. Rows are methods (one per
+card version, config and config hash), sorted by mean: rank, test accuracy (mean over distilled sets ± the
+95 % interval over sets), sets × evaluations, Δ vs random, DD-Ranking's scores and the share of the whole
+dataset's accuracy where those references exist, and the budget the accuracy cost (`budget`). Statistics count
+distilled sets (`ddbench.stats`): a cell of one set shows its evaluation spread and is never ranked nor used
+for Δ. The `whole` reference (methods/whole.yaml: the whole training split, IPC does not apply) appears in every
+IPC table of its (dataset, protocol, network). Rows and tables made by older card versions are marked
+superseded (`current` False) and shown apart. With `reported`, the papers' numbers (method cards, `reported:`)
+are rows of their own, never ranked nor used for Δ.
 
     tables = build_tables(store.query(dataset="woof"), metric="last", reported=load_reported([("woof", "idc")]))
     print(render_markdown(tables))          # ddbench.leaderboard.render
-Layout, statistics and metric definitions: docs/leaderboards.md.
+The table model (`Table`, `Row`) is plain data: `Table.columns()`, `Table.texts(row)`, `Table.sort_values(row)`
+and `Table.details()` give what any renderer prints. Definitions: docs/leaderboards.md.
 """
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Callable, Iterable, Mapping
 
 import pandas as pd
 
 from .. import stats
-from ..config import leaves
 from ..errors import ConfigError
-from ..store import SUMMARY_GROUP, summary
+from ..store import SUMMARY_GROUP
+from .budget import budget_facts, seconds_text, size_text, teacher_text, total_bytes
+from .cards import (NO_HASH, REPORTED_META, by_variant, card_config, card_hash, config_diff,  # noqa: F401 (re-exported)
+                    is_current, load_reported, method_kind, teacher_of, with_label_keys)
 
-# metric flag -> (record field, header text)
+# metric flag -> (record field, plain label)
 METRICS = {
-    "last": ("acc_last", "test accuracy (%) after the last training epoch: the honest number"),
-    "best": ("acc_best", "best test accuracy (%) over the evaluation points: paper-compatible, selected on the "
-                         "test set, so optimistic"),
+    "last": ("acc_last", "test accuracy (%) after the last training epoch"),
+    "best": ("acc_best", "best test accuracy (%) over the evaluation points (paper-compatible, selected on the "
+                         "test set, so optimistic)"),
 }
-BASELINE = "random"   # the reference method of the Δ column
+BASELINE = "random"      # the reference method of the Δ column
+REFERENCE = "reference"  # method kind of the whole-split reference (methods/whole.yaml)
 DASH = "–"
+EMBEDDED = ("digits", "fashion", "mnist")  # datasets whose diffusion methods use ddbench's own small generator
+DISPLAY_NAMES = {"idc": "ImageIDC", "woof": "ImageWoof", "nette": "ImageNette", "imagenet100": "ImageNet-100",
+                 "imagenet1k": "ImageNet-1K"}
 
 
-# ---------------------------------------------------------------------------------------------- tables
-
-@dataclass
-class Cell:
-    mean: float
-    std: float | None              # sample std (n − 1) of the runs; the paper's std (None: none printed)
-    n: int | None = None           # None: a reported (paper) number
-    family: str | None = None      # protocol family of a measured cell ("hard" | "soft")
-    rank: int | None = None        # rank in its row (None: n < 3, or a reported number)
-
-    @property
-    def summary(self) -> stats.Summary:
-        return stats.Summary(self.mean, self.std, self.n or 0, self.family)
-
-    @property
-    def ci(self) -> float | None:
-        """Half-width of the 95 % confidence interval of the mean; None for n < 2 or a paper number."""
-        return None if self.n is None else stats.interval(self.summary)
-
-    def text(self) -> str:
-        if self.n is None:  # paper numbers with the digits the card gives (no invented precision)
-            return printed(self.mean) + ("" if self.std is None else f" ± {printed(self.std)}")
-        ci = DASH if self.ci is None else f"{self.ci:.2f}"
-        mark = f"#{self.rank}" if self.rank is not None else f"n<{stats.MIN_RANKED}"
-        return f"{self.mean:.2f} ± {ci} ({self.n}) {mark}"
+def dataset_name(name: str) -> str:
+    """How a dataset is shown: `idc` as ImageIDC, so it is not read as the protocol card of the same name."""
+    return DISPLAY_NAMES.get(name, name)
 
 
 def printed(x: float) -> str:
     text = f"{x:g}"
     return text if "." in text or "e" in text else text + ".0"  # YAML turns 90.0 into 90
-
-
-@dataclass
-class Row:
-    ipc: int
-    arch: str
-    cells: dict[str, Cell] = field(default_factory=dict)      # column label -> measured cell
-    reported: dict[str, Cell] = field(default_factory=dict)   # method name -> paper cell
-
-    def rank(self) -> None:
-        """Set every measured cell's rank (ties: `stats.rank_row`)."""
-        for label, r in stats.rank_row({k: c.summary for k, c in self.cells.items()}).items():
-            self.cells[label].rank = r
-
-    def best_labels(self) -> set[str]:
-        """Column labels of rank 1 (the best ranked cell and every one not significantly worse)."""
-        return {label for label, c in self.cells.items() if c.rank == 1}
-
-    def gain(self, baseline_label: str | None) -> tuple[stats.Difference, str] | None:
-        """(best non-random mean − random mean with its Welch interval, that method's label), or None when
-        either is missing."""
-        if baseline_label is None or baseline_label not in self.cells:
-            return None
-        others = {k: c for k, c in self.cells.items() if k != baseline_label}
-        if not others:
-            return None
-        label = max(others, key=lambda k: (others[k].mean, k))
-        return stats.gain(others[label].summary, self.cells[baseline_label].summary), label
-
-
-@dataclass
-class Table:
-    dataset: str
-    protocol: str
-    protocol_version: str | None
-    metric: str                                   # "last" | "best"
-    columns: list[tuple[str, str]]                # (label, "measured" | "reported"), in display order
-    versions: dict[str, str | None]               # measured column label -> method card version
-    rows: list[Row]
-    sources: dict[str, str] = field(default_factory=dict)  # method -> where its reported numbers come from
-    variant: str = ""                             # protocol settings that differ from the card ("epochs=20")
-    family: str | None = None                     # protocol family: "hard" | "soft"
-    card_hashes: list[str] = field(default_factory=list)   # sha256[:12] of the resolved protocol card(s)
-    config_hashes: dict[str, str | None] = field(default_factory=dict)  # column label -> record config_hash
-    teachers: list[dict] = field(default_factory=list)     # soft-label tables: extra["teacher"] of the records
-
-    @property
-    def baseline_label(self) -> str | None:
-        return BASELINE if BASELINE in self.versions else None
 
 
 def method_order(name: str) -> tuple:
@@ -133,260 +69,492 @@ def arch_order(arch: str) -> tuple:
     return (3, arch)
 
 
-def build_tables(records: Iterable[Mapping], metric: str = "last",
-                 reported: Mapping[tuple[str, str], Mapping] | None = None,
-                 defaults: Callable[[str, str, str, Any], dict | None] | None = None) -> list[Table]:
-    """Tables for every (dataset, protocol, protocol version, protocol variant) among `records`.
+# ---------------------------------------------------------------------------------------------- the model
 
-    `reported` maps (dataset, protocol) -> {method: {"source": str, "cells": {(ipc, arch): (mean, std)}}}
-    (see `load_reported`); None leaves the paper numbers out. `defaults(kind, name, dataset, version)` gives
-    the card's own config that variants are named against (default: `card_config`, the current cards).
-    """
-    if metric not in METRICS:
-        raise ConfigError(f"--metric {metric!r}: expected one of {', '.join(METRICS)}")
-    field_name = METRICS[metric][0]
-    df = variant_summary(records, defaults, extra=cell_facts)
-    reported = reported or {}
-    tables = []
-    if not df.empty:
-        keys = ["dataset", "protocol", "protocol_version", "pvariant"]
-        for (dataset, protocol, pversion, pvar), group in df.groupby(keys, dropna=False, sort=True):
-            paper = {} if pvar else reported.get((dataset, protocol), {})  # papers ran the card's own settings
-            tables.append(_table(dataset, protocol, None if pd.isna(pversion) else pversion, metric, field_name,
-                                 column_labels(group), paper, pvar))
-    measured = {(t.dataset, t.protocol) for t in tables if not t.variant}
-    empty = pd.DataFrame(columns=["method", "method_version", "label", "config_hash", "family", "card_hash",
-                                  "teacher"])
-    for (dataset, protocol), paper in reported.items():  # papers' numbers for data not run yet
-        if (dataset, protocol) not in measured and paper:
-            tables.append(_table(dataset, protocol, None, metric, field_name, empty, paper, ""))
-    return sorted(tables, key=lambda t: (t.dataset, t.protocol, str(t.protocol_version), t.variant))
+@dataclass
+class Row:
+    """One method (or reference, or paper number) in one table."""
+    label: str                                   # "herding v3", "dit v2 [sampler=ddim]", "herding (paper)"
+    method: str
+    version: str | None
+    kind: str                                    # "method" | "reference" (the whole split) | "reported"
+    summary: stats.Summary | None = None         # measured: over distilled sets; None for a paper number
+    reported: tuple[float, float | None] | None = None   # a paper's (mean, std)
+    rank: int | None = None                      # None: fewer than MIN_RANKED sets, a reference or a paper
+    gain: stats.Difference | None = None         # vs random; None when either side has < MIN_GAIN sets
+    share: float | None = None                   # mean / the whole split's mean, %
+    ddr: stats.DDRankingScores | None = None     # DD-Ranking's HLR / IOR / LRS
+    budget: dict = field(default_factory=dict)   # `budget.budget_facts`
+    config_hash: str | None = None
+    settings: str = ""                           # method settings that differ from the card (full keys)
+    current: bool = True                         # made by the current card version
+    nonstandard: str | None = None               # why the data are a nonstandard subset (records say so)
+    source: str = ""                             # a paper row's source
 
+    @property
+    def mean(self) -> float:
+        return self.summary.mean if self.summary is not None else self.reported[0]
 
-def column_labels(group: pd.DataFrame) -> pd.DataFrame:
-    """Column labels: the method name, + " v<version>" when it was measured under two card versions,
-    + " [key=value, ...]" when its config differs from its card's, + " @<config hash>" when the method has
-    numbers of two config hashes in the table ("@–": older records without one)."""
-    group = group.copy()
-    several = group.groupby("method")["method_version"].transform("nunique") > 1
-    hashes = group["config_hash"].fillna(NO_HASH)
-    many_hashes = hashes.groupby([group["method"], group["method_version"].fillna(""), group["mvariant"]]) \
-        .transform("nunique") > 1
-    group["label"] = [m + (f" v{v}" if many else "") + (f" [{var}]" if var else "")
-                      + (f" @{h[:HASH_CHARS] if h != NO_HASH else DASH}" if split else "")
-                      for m, v, many, var, h, split in zip(group["method"], group["method_version"], several,
-                                                         group["mvariant"], hashes, many_hashes)]
-    return group
+    @property
+    def ci(self) -> float | None:
+        return None if self.summary is None else stats.interval(self.summary)
 
 
-# ---------------------------------------------------------------------------------------------- cell facts
-HASH_CHARS = 12
-NO_HASH = ""   # records of older code carry no config_hash: they form one group of their own
+@dataclass
+class Table:
+    dataset: str
+    protocol: str
+    protocol_version: str | None
+    family: str | None                           # protocol family: "hard" | "soft"
+    ipc: int
+    arch: str
+    metric: str                                  # "last" | "best"
+    rows: list[Row] = field(default_factory=list)
+    variant: str = ""                            # protocol settings that differ from the card ("epochs=20")
+    current: bool = True                         # False: superseded card versions (the archive section)
+    card_hashes: list[str] = field(default_factory=list)   # sha256[:12] of the resolved protocol card(s)
+    teachers: list[dict] = field(default_factory=list)     # soft-label tables: extra["teacher"] of the records
+    devices: list[str] = field(default_factory=list)
+    badges: list[str] = field(default_factory=list)        # "smoke scale", "card modified", "CPU", ...
+
+    @property
+    def label_type(self) -> str:
+        return "soft" if self.family == "soft" else "hard"
+
+    @property
+    def key(self) -> tuple:
+        return (self.dataset, self.protocol, str(self.protocol_version), self.variant, self.ipc,
+                arch_order(self.arch), not self.current)
+
+    def row(self, kind: str, method: str | None = None) -> Row | None:
+        """The first row of `kind` (and `method`), current rows first."""
+        found = [r for r in self.rows if r.kind == kind and (method is None or r.method == method)]
+        return sorted(found, key=lambda r: not r.current)[0] if found else None
+
+    @property
+    def has_whole(self) -> bool:
+        return self.row(REFERENCE) is not None
+
+    @property
+    def has_scores(self) -> bool:
+        """DD-Ranking's columns: both references (the whole split and random) are in the table."""
+        return (self.has_whole and self.row("method", BASELINE) is not None) or \
+            any(r.ddr is not None for r in self.rows)
+
+    def title(self) -> str:
+        version = f" v{self.protocol_version}" if self.protocol_version is not None else ""
+        return (f"{dataset_name(self.dataset)} · protocol {self.protocol}{version} ({self.label_type} labels) · "
+                f"IPC {self.ipc} · {self.arch}")
+
+    def columns(self) -> list[str]:
+        head = ["rank", "method", METRIC_COLUMNS[self.metric], "sets × evaluations", "Δ vs random"]
+        if self.has_scores:
+            head += ["HLR", "IOR", "LRS (%)"]
+        if self.has_whole:
+            head += ["% of whole"]
+        return head + ["set", "stored labels", "teacher", "total", "distill s", "eval s / model"]
+
+    def texts(self, row: Row) -> list[str]:
+        """The display strings of `row`, one per column."""
+        out = [DASH if row.rank is None else str(row.rank), row_name(row), accuracy_text(row), shape_text(row),
+               gain_text(row.gain)]
+        if self.has_scores:
+            d = row.ddr
+            out += [_signed(None if d is None else d.hlr), _signed(None if d is None else d.ior),
+                    _fixed(None if d is None else d.lrs)]
+        if self.has_whole:
+            out += [_fixed(row.share, 1)]
+        b = row.budget
+        out += [size_text(b.get("set_bytes")), labels_text(b), teacher_text(b), size_text(total_bytes(b)),
+                seconds_text(b.get("distill_s")), seconds_text(b.get("eval_s"))]
+        return out
+
+    def sort_values(self, row: Row) -> list[float | str]:
+        """What a sort by each column orders by (NaN: empty)."""
+        nan = math.nan
+        out: list[float | str] = [nan if row.rank is None else row.rank, row.label, row.mean,
+                                  nan if row.summary is None else row.summary.n,
+                                  nan if row.gain is None else row.gain.value]
+        if self.has_scores:
+            d = row.ddr or stats.DDRankingScores(None, None, None)
+            out += [_num(d.hlr), _num(d.ior), _num(d.lrs)]
+        if self.has_whole:
+            out += [_num(row.share)]
+        b = row.budget
+        out += [_num(b.get("set_bytes")), _num(b.get("label_bytes")), _num(b.get("teacher_bytes")),
+                _num(total_bytes(b)), _num(b.get("distill_s")), _num(b.get("eval_s"))]
+        return out
+
+    def details(self) -> list[str]:
+        """Provenance lines: protocol card hash(es) and settings, teacher, each row's card and config hash."""
+        overrides = f"settings changed from the card: {self.variant}" if self.variant else "the card's own settings"
+        out = [f"Protocol card {self.protocol} v{self.protocol_version} ({self.family or 'family not recorded'}), "
+               f"resolved-card hash {', '.join(self.card_hashes) or DASH}; {overrides}."]
+        if self.family == "soft":
+            out.append("Teacher: " + ("; ".join(_teacher(x) for x in self.teachers) or "not recorded") + ".")
+        for r in self.rows:
+            if r.kind == "reported":
+                out.append(f"{r.label}: {r.source or 'source not given'}"
+                           + ("" if r.reported[1] is None else f"; the paper's std {printed(r.reported[1])}") + ".")
+                continue
+            settings = f"; settings {r.settings}" if r.settings else ""
+            note = f"; nonstandard data: {r.nonstandard}" if r.nonstandard else ""
+            out.append(f"{r.label}: method card v{r.version or DASH}, config hash {_hash(r.config_hash)}{settings}"
+                       f"{note}.")
+        return out
 
 
-def card_hash(protocol_config: Mapping | None) -> str | None:
-    """sha256[:12] of a resolved protocol card (canonical JSON): names the exact settings in a table header."""
-    if protocol_config is None:
-        return None
-    text = json.dumps(protocol_config, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:HASH_CHARS]
+METRIC_COLUMNS = {"last": "test accuracy (%)", "best": "best-epoch test accuracy (%)"}
 
 
-def teacher_of(record: Mapping) -> dict | None:
-    """A soft-label record's teacher: extra["teacher"] = {arch, source, val_acc, sha256}. Older records have
-    no `source`/`val_acc`; their measured `extra.teacher_test_acc` is shown as the accuracy (same split)."""
-    extra = record.get("extra") or {}
-    t = extra.get("teacher")
-    if not isinstance(t, Mapping):
-        return None
-    acc = t.get("val_acc", extra.get("teacher_test_acc"))
-    return {"arch": t.get("arch"), "source": t.get("source"), "val_acc": acc, "sha256": t.get("sha256")}
+def row_name(row: Row) -> str:
+    flag = " ⚑ nonstandard subset" if row.nonstandard else ""
+    return row.label + flag
 
 
-def cell_facts(records: list[Mapping]) -> dict:
-    """The columns `build_tables` adds to each cell: protocol family, card hash(es) and teacher(s)."""
-    families = sorted({(r.get("protocol_config") or {}).get("family") or "" for r in records})
-    teachers = sorted({json.dumps(t, sort_keys=True) for r in records if (t := teacher_of(r)) is not None})
-    return {"family": "/".join(families), "card_hash": " ".join(sorted({card_hash(r.get("protocol_config")) or DASH
-                                                                         for r in records})),
-            "teacher": "\n".join(teachers)}
+def accuracy_text(row: Row) -> str:
+    """"90.12 ± 0.45" (the 95 % half-width over sets); a single set or a paper number has no ±."""
+    if row.summary is None:
+        return printed(row.reported[0])
+    ci = row.ci
+    return f"{row.summary.mean:.2f}" + ("" if ci is None else f" ± {ci:.2f}")
 
 
-# ---------------------------------------------------------------------------------------------- variants
-# A `--set` override changes a number without changing the card version, so numbers made with overrides
-# are never shown as the card's: their protocol settings name a table of their own, their method settings a
-# column of their own.
-IGNORED_KEYS = {"name", "description", "citation"}  # text that cannot move a number
+def shape_text(row: Row) -> str:
+    """"3 × 1" sets × evaluations per set; "1 set × 3 (sd 0.40)": one set shows its evaluation spread."""
+    if row.summary is None:
+        return "paper"
+    s = row.summary
+    if s.n == 1 and not s.deterministic:
+        spread = "" if s.eval_std is None else f" (sd {s.eval_std:.2f})"
+        return f"1 set × {s.evaluations}{spread}"
+    return s.shape
 
 
-@lru_cache(maxsize=None)
-def _card_config_cached(kind: str, name: str, dataset: str, version: str | None) -> str | None:
-    from ..errors import DDBenchError
-
-    try:
-        if kind == "protocol":
-            from ..protocol import load_protocol
-
-            card = cfg = load_protocol(name).card
-        else:
-            from ..method import resolve_method_config
-
-            card, cfg = resolve_method_config(name, dataset)
-    except DDBenchError:  # an external set, or a card that no longer exists
-        return None
-    same = version is not None and str(card.get("version", 1)) == str(version)
-    return json.dumps(cfg, sort_keys=True) if same else None
+def gain_text(g: stats.Difference | None) -> str:
+    if g is None:
+        return DASH
+    return f"{g.value:+.2f}" + ("" if g.half_width is None else f" ± {g.half_width:.2f}")
 
 
-def card_config(kind: str, name: str, dataset: str, version: Any) -> dict | None:
-    """The current card's resolved config for `kind` ("method" | "protocol"), or None when the card is unknown
-    or has another version than `version` (its settings then cannot name a variant)."""
-    text = _card_config_cached(kind, name, dataset, None if version is None else str(version))
-    return None if text is None else json.loads(text)
+def labels_text(b: Mapping) -> str:
+    if not b:
+        return DASH
+    if not b.get("soft"):
+        return "hard"
+    return size_text(b.get("label_bytes"))
 
 
-_UNSET = object()
+def _signed(x: float | None) -> str:
+    return DASH if x is None else f"{x:+.2f}"
 
 
-def config_diff(config: Mapping | None, reference: Mapping | None) -> str:
-    """"a.b=1, c=x" for the leaves where `config` differs from `reference`; "" when equal or no reference."""
-    if reference is None or config is None:
-        return ""
-    a, b = dict(leaves(config)), dict(leaves(reference))
-    expanded = {k.rsplit(".", 1)[0] for k in a if "." in k}  # null in the card, a mapping here: show its leaves
-    keys = sorted(k for k in set(a) | set(b)
-                  if k.split(".")[0] not in IGNORED_KEYS and a.get(k, _UNSET) != b.get(k, _UNSET)
-                  and not (k not in a and any(e == k or e.startswith(k + ".") for e in expanded)))
-    return ", ".join(f"{k}={_show(a.get(k, _UNSET))}" for k in keys)
+def _fixed(x: float | None, digits: int = 2) -> str:
+    return DASH if x is None else f"{x:.{digits}f}"
 
 
-def _show(v: Any) -> str:
-    return "unset" if v is _UNSET else v if isinstance(v, str) else json.dumps(v)
+def _num(x) -> float:
+    return math.nan if x is None else float(x)
 
+
+def _hash(h: str | None) -> str:
+    return DASH if not h else h[:12]
+
+
+def _teacher(t: dict) -> str:
+    acc = DASH if t.get("val_acc") is None else f"{float(t['val_acc']):.2f} %"
+    return f"arch {t.get('arch') or DASH}, source {t.get('source') or DASH}, real-validation accuracy {acc}"
+
+
+# ---------------------------------------------------------------------------------------------- cells
+
+def set_id(record: Mapping) -> Any:
+    """What identifies a record's distilled set: its sha256 (records without one: the distillation seed)."""
+    return record.get("distilled_sha256") or ("seed", record.get("seed"))
+
+
+def cell_summary(records: list[Mapping], field_name: str, family: str | None = None) -> stats.Summary:
+    """Two-level summary of one cell's records: evaluations averaged per set, then over sets; a method whose
+    seeds all gave one set is deterministic (`stats.deterministic`)."""
+    return stats.deterministic(((r.get("seed"), set_id(r), r[field_name]) for r in records), family)
+
+
+def cells_of(records: Iterable[Mapping], defaults=None) -> list[dict]:
+    """One dict per cell: the SUMMARY_GROUP fields, `pvariant` / `mvariant` (settings that differ from the
+    cards, "" = the card's own), `config_hash`, and `records` (the cell's records)."""
+    out = []
+    for (pvar, mvar, chash), part in by_variant(records, defaults or card_config).items():
+        groups: dict[tuple, list] = {}
+        for r in part:
+            groups.setdefault(tuple(_text(r.get(k)) for k in SUMMARY_GROUP), []).append(r)
+        for key in sorted(groups, key=lambda g: tuple("" if v is None else v for v in g)):
+            cell = dict(zip(SUMMARY_GROUP, key), pvariant=pvar, mvariant=mvar, config_hash=chash or None,
+                        records=groups[key])
+            cell["ipc"] = int(groups[key][0]["ipc"])
+            out.append(cell)
+    return out
 
 
 def variant_summary(records: Iterable[Mapping], defaults=None, extra: Callable | None = None) -> pd.DataFrame:
-    """`store.summary` rows as a DataFrame, split by settings and by config hash: columns `pvariant` /
-    `mvariant` hold the protocol / method settings that differ from the card ("" = the card's own),
-    `config_hash` the records' hash (None: older records without one, grouped by card versions as before).
-    `extra(group_records)` -> dict adds columns computed from each row's records."""
-    frames = []
-    for (pvar, mvar, chash), part in _by_variant(records, defaults or card_config).items():
-        frame = pd.DataFrame(summary(part)).assign(pvariant=pvar, mvariant=mvar, config_hash=chash or None)
+    """One row per cell, two-level: `n` = distilled sets, `evaluations`, `<metric>_mean` = the mean over sets of
+    each set's mean, `<metric>_std` = the sample std over sets (0 for one set); the `cells_of` columns but the
+    records. `extra(cell_records)` -> dict adds columns."""
+    rows = []
+    for cell in cells_of(records, defaults):
+        recs = cell.pop("records")
+        entry = dict(cell, seeds=sorted({r["seed"] for r in recs}), eval_seeds=sorted({r["eval_seed"] for r in recs}))
+        for metric in ("acc_last", "acc_best"):
+            s = cell_summary(recs, metric)
+            entry.update({f"{metric}_mean": s.mean, f"{metric}_std": s.std})
+        entry.update(n=s.n, evaluations=s.evaluations)
         if extra is not None:
-            groups: dict[tuple, list] = {}
-            for r in part:
-                groups.setdefault(tuple(_text(r.get(k)) for k in SUMMARY_GROUP), []).append(r)
-            keys = zip(*(frame[k] for k in SUMMARY_GROUP))
-            frame = frame.assign(**pd.DataFrame([extra(groups[tuple(map(_text, k))]) for k in keys]))
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+            entry.update(extra(recs))
+        rows.append(entry)
+    return pd.DataFrame(rows)
 
 
 def _text(v: Any) -> str | None:
     return None if v is None else str(v)
 
 
-def _by_variant(records: Iterable[Mapping], defaults) -> dict[tuple[str, str, str], list[Mapping]]:
-    out: dict[tuple[str, str, str], list[Mapping]] = {}
-    for r in records:
-        pvar = config_diff(r.get("protocol_config"), defaults("protocol", r["protocol"], r["dataset"],
-                                                              r.get("protocol_version")))
-        mvar = config_diff(r.get("method_config"), defaults("method", r["method"], r["dataset"],
-                                                            r.get("method_version")))
-        out.setdefault((pvar, with_label_keys(mvar, r), r.get("config_hash") or NO_HASH), []).append(r)
-    return out
+# ---------------------------------------------------------------------------------------------- labels
+
+def short_settings(settings: str) -> str:
+    """"sampling.sampler=ddim, g=0.01" -> "sampler=ddim, g=0.01": leaf names, one format for every method
+    (a full key where two settings share a leaf name). The full keys are in the provenance."""
+    parts = [p for p in settings.split(", ") if p]
+    leaf = [p.split("=", 1)[0].rsplit(".", 1)[-1] for p in parts]
+    return ", ".join(p.split("=", 1)[0].rsplit(".", 1)[-1] + "=" + p.split("=", 1)[1] if leaf.count(lf) == 1 else p
+                     for p, lf in zip(parts, leaf))
 
 
-@lru_cache(maxsize=None)
-def label_keys(method: str) -> tuple[str, ...]:
-    """Config keys a method card names in every column label (`label_keys:`, e.g. ACS's guidance scale g)."""
-    from ..errors import DDBenchError
-    from ..method import method_card
-
-    try:
-        return tuple(method_card(method).get("label_keys") or ())
-    except DDBenchError:  # an external set, or a card that no longer exists
-        return ()
+def row_label(method: str, version: Any, settings: str, suffix: str = "") -> str:
+    """"mgd3 v3", "dit v2 [sampler=ddim]": the version always, so one name never means two versions."""
+    v = f" v{version}" if version is not None and not (isinstance(version, float) and math.isnan(version)) else ""
+    return f"{method}{v}" + (f" [{short_settings(settings)}]" if settings else "") + suffix
 
 
-def with_label_keys(mvar: str, record: Mapping) -> str:
-    """`mvar` preceded by "key=value" for the card's `label_keys` that it does not already name."""
-    keys = label_keys(record["method"])
-    if not keys:
-        return mvar
-    cfg = dict(leaves(record.get("method_config") or {}))
-    named = {part.split("=", 1)[0] for part in mvar.split(", ") if part}
-    shown = [f"{k}={_show(cfg[k])}" for k in keys if k in cfg and k not in named]
-    return ", ".join(shown + ([mvar] if mvar else []))
+def column_labels(group: pd.DataFrame) -> pd.DataFrame:
+    """Adds `label` (`row_label`, + " @<config hash>" when a method has numbers of two config hashes with the
+    same version and settings in `group`) to a `variant_summary` frame."""
+    group = group.copy()
+    hashes = group["config_hash"].fillna(NO_HASH)
+    split = hashes.groupby([group["method"], group["method_version"].fillna(""), group["mvariant"]]) \
+        .transform("nunique") > 1
+    group["label"] = [row_label(m, v, var, f" @{h[:6] if h != NO_HASH else DASH}" if s else "")
+                      for m, v, var, h, s in zip(group["method"], group["method_version"], group["mvariant"],
+                                                 hashes, split)]
+    return group
 
 
-def _table(dataset, protocol, pversion, metric, field_name, group: pd.DataFrame, paper: Mapping,
-           variant: str) -> Table:
-    families = sorted(set("/".join(group["family"]).split("/")) - {""})
-    if len(families) > 1:  # one card version changed family without a version bump: never rank them together
-        raise ConfigError(f"{dataset} · protocol {protocol} v{pversion}: records of protocol families "
-                          f"{', '.join(families)} under one card version; hard- and soft-label results cannot "
-                          "share a table — bump the protocol card's version when its family changes")
-    family = families[0] if families else None
-    rows: dict[tuple[int, str], Row] = {}
-    for rec in group.itertuples(index=False):
-        row = rows.setdefault((int(rec.ipc), rec.arch), Row(int(rec.ipc), rec.arch))
-        row.cells[rec.label] = Cell(float(getattr(rec, f"{field_name}_mean")), float(getattr(rec, f"{field_name}_std")),
-                                    int(rec.n), family)
-    for row in rows.values():
-        row.rank()
-    for method, entry in paper.items():
-        for (ipc, arch), (mean, std) in entry["cells"].items():
-            rows.setdefault((int(ipc), arch), Row(int(ipc), arch)).reported[method] = Cell(float(mean), None if std is None else float(std))
-    versions = {lb: None if pd.isna(v) else v for lb, v in zip(group["label"], group["method_version"])}
-    methods = {label: m for label, m in zip(group["label"], group["method"])}
-    # measured columns in method order; a method's reported column follows its (last) measured column
-    names = sorted(set(methods.values()) | set(paper), key=method_order)
-    columns = []
-    for name in names:
-        labels = sorted((lb for lb, m in methods.items() if m == name), key=str)
-        columns += [(lb, "measured") for lb in labels]
-        if name in paper:
-            columns.append((name, "reported"))
-    ordered = [rows[k] for k in sorted(rows, key=lambda k: (k[0], arch_order(k[1])))]
-    card_hashes = sorted(set(" ".join(group["card_hash"]).split()))
-    teachers = [json.loads(t) for t in sorted(set("\n".join(group["teacher"]).split("\n")) - {""})]
-    hashes = {lb: (None if h is None or pd.isna(h) else h) for lb, h in zip(group["label"], group["config_hash"])}
-    return Table(dataset, protocol, pversion, metric, columns, versions, ordered,
-                 {m: e.get("source", "") for m, e in paper.items()}, variant, family, card_hashes, hashes, teachers)
+# ---------------------------------------------------------------------------------------------- tables
 
+def build_tables(records: Iterable[Mapping], metric: str = "last",
+                 reported: Mapping[tuple[str, str], Mapping] | None = None,
+                 defaults: Callable[[str, str, str, Any], dict | None] | None = None,
+                 current: Callable[[str, str, Any], bool] | None = None) -> list[Table]:
+    """Tables for every (dataset, protocol, version, settings, IPC, network) among `records`; superseded rows
+    and tables (older card versions) come back with `current` False.
 
-# keys of a card's `reported.<dataset>` entry that describe the source, not a protocol's numbers
-REPORTED_META = ("source", "protocol_source", "protocol_values")
-
-
-def load_reported(pairs: Iterable[tuple[str, str]]) -> dict:
-    """The `reported:` numbers of every registered method card for the given (dataset, protocol) pairs.
-
-    Card layout: `reported: {<dataset>: {source: "...", <protocol>: {<ipc>: {<arch>: [mean, std]}}}}`;
-    std is null when the paper prints none.
+    `reported` maps (dataset, protocol) -> {method: {"source": str, "cells": {(ipc, arch): (mean, std)}}}
+    (see `load_reported`); None leaves the paper numbers out. `defaults(kind, name, dataset, version)` gives
+    the card's own config that variants are named against (default: `card_config`, the current cards);
+    `current(kind, name, version)` whether a card version is the current one (default: `is_current`).
     """
-    from ..method import list_methods, method_card
+    if metric not in METRICS:
+        raise ConfigError(f"--metric {metric!r}: expected one of {', '.join(METRICS)}")
+    field_name = METRICS[metric][0]
+    current = current or is_current
+    tables: dict[tuple, Table] = {}
+    references = []
+    cells = cells_of(records, defaults)
+    split = _hash_splits(cells)
+    for cell in cells:
+        row = _measured_row(cell, field_name, current, split)
+        if row.kind == REFERENCE:
+            references.append((cell, row))
+            continue
+        t = _table_for(tables, cell, metric, current)
+        t.rows.append(row)
+    for cell, row in references:  # the whole split: in every IPC table of its dataset, protocol and network
+        for t in tables.values():
+            if (t.dataset, t.protocol, t.protocol_version, t.arch) == \
+                    (cell["dataset"], cell["protocol"], cell["protocol_version"], cell["arch"]):
+                t.rows.append(row)
+    _add_reported(tables, reported or {}, metric)
+    for t in tables.values():
+        _complete(t, records)
+    _archive_baselines(tables)
+    for t in tables.values():
+        _score(t)
+    _soft_scores(list(tables.values()))
+    return sorted(tables.values(), key=lambda t: t.key)
 
-    wanted = set(pairs)
-    out: dict = {}
-    for name in list_methods():
-        card_reported = method_card(name).get("reported") or {}
-        for (dataset, protocol) in wanted:
-            if protocol in REPORTED_META:
-                continue
-            per_ipc = (card_reported.get(dataset) or {}).get(protocol) or {}
-            cells = {}
-            for ipc, per_arch in per_ipc.items():
-                for arch, value in (per_arch or {}).items():
-                    if not (isinstance(value, (list, tuple)) and len(value) == 2 and value[0] is not None):
-                        raise ConfigError(f"method card {name}: reported.{dataset}.{protocol}.{ipc}.{arch} = "
-                                          f"{value!r}; expected [mean, std] (std null when the paper gives none)")
-                    cells[(int(ipc), str(arch))] = (float(value[0]), None if value[1] is None else float(value[1]))
-            if cells:
-                out.setdefault((dataset, protocol), {})[name] = {
-                    "source": card_reported[dataset].get("source", ""), "cells": cells}
+
+def _hash_splits(cells: list[dict]) -> set[tuple]:
+    """(dataset, protocol, version, settings, ipc, arch, method, version, mvariant) with two config hashes."""
+    seen: dict[tuple, set] = {}
+    for c in cells:
+        k = tuple(c[f] for f in ("dataset", "protocol", "protocol_version", "pvariant", "ipc", "arch", "method",
+                                 "method_version", "mvariant"))
+        seen.setdefault(k, set()).add(c["config_hash"] or NO_HASH)
+    return {k for k, v in seen.items() if len(v) > 1}
+
+
+def _measured_row(cell: dict, field_name: str, current, split: set) -> Row:
+    recs = cell["records"]
+    family = _family(recs)
+    kind = REFERENCE if method_kind(cell["method"]) == REFERENCE else "method"
+    k = tuple(cell[f] for f in ("dataset", "protocol", "protocol_version", "pvariant", "ipc", "arch", "method",
+                                "method_version", "mvariant"))
+    chash = cell["config_hash"]
+    suffix = f" @{(chash or DASH)[:6]}" if k in split else ""
+    settings = cell["pvariant"] if kind == REFERENCE else cell["mvariant"]  # the whole split: its own epochs
+    nonstandard = sorted({str((r.get("extra") or {}).get("nonstandard_subset")) for r in recs
+                          if (r.get("extra") or {}).get("nonstandard_subset")})
+    is_current = current("method", cell["method"], cell["method_version"]) and "=unset" not in cell["mvariant"]
+    return Row(row_label(cell["method"], cell["method_version"], settings, suffix), cell["method"],
+               cell["method_version"], kind, cell_summary(recs, field_name, family), budget=row_facts(recs),
+               config_hash=chash, settings=settings, current=is_current,
+               nonstandard="; ".join(nonstandard) or None)
+
+
+def _family(recs: list[Mapping]) -> str | None:
+    families = sorted({(r.get("protocol_config") or {}).get("family") or "" for r in recs} - {""})
+    return "/".join(families) or None
+
+
+def _table_for(tables: dict, cell: dict, metric: str, current) -> Table:
+    """The table of `cell`'s setting; a superseded protocol card (older version, or the same version made before
+    the card gained a key: "=unset" in its settings) puts the whole table in the archive."""
+    pv = cell["protocol_version"]
+    table_current = current("protocol", cell["protocol"], pv) and "=unset" not in cell["pvariant"]
+    key = (cell["dataset"], cell["protocol"], pv, cell["pvariant"], cell["ipc"], cell["arch"], table_current)
+    if key not in tables:
+        tables[key] = Table(cell["dataset"], cell["protocol"], pv, None, cell["ipc"], cell["arch"], metric,
+                            variant=cell["pvariant"], current=table_current)
+    return tables[key]
+
+
+def _add_reported(tables: dict, reported: Mapping, metric: str) -> None:
+    """Paper numbers as rows of the current table of the card's own settings (made if nothing was measured)."""
+    for (dataset, protocol), paper in reported.items():
+        for method, entry in paper.items():
+            for (ipc, arch), (mean, std) in entry["cells"].items():
+                own = [t for t in tables.values() if (t.dataset, t.protocol, t.ipc, t.arch, t.variant, t.current)
+                       == (dataset, protocol, int(ipc), arch, "", True)]
+                if own:
+                    t = own[0]
+                else:
+                    t = tables.setdefault((dataset, protocol, None, "", int(ipc), arch, True),
+                                          Table(dataset, protocol, None, None, int(ipc), arch, metric))
+                t.rows.append(Row(f"{method} (paper)", method, None, "reported", reported=(mean, std),
+                                  source=entry.get("source", "")))
+
+
+def _complete(t: Table, records) -> None:
+    """Family (refusing two), card hashes, teachers, devices and badges of a filled table."""
+    measured = [r for r in t.rows if r.summary is not None and r.kind == "method"]
+    families = sorted({r.summary.family for r in measured if r.summary.family})
+    if len(families) > 1 or any("/" in f for f in families):
+        raise ConfigError(f"{t.dataset} · protocol {t.protocol} v{t.protocol_version}: records of protocol families "
+                          f"{', '.join(sorted(set('/'.join(families).split('/'))))} under one card version; hard- "
+                          "and soft-label results cannot share a table — bump the protocol card's version when its "
+                          "family changes")
+    t.family = families[0] if families else (t.rows[0].summary.family if t.rows and t.rows[0].summary else None)
+    facts = [r.budget for r in t.rows if r.budget]
+    t.card_hashes = sorted({h for b in facts for h in b.get("card_hashes", [])})
+    t.teachers = [json.loads(x) for x in sorted({json.dumps(tt, sort_keys=True) for b in facts
+                                                  for tt in b.get("teachers", [])})]
+    t.devices = sorted({d for b in facts for d in b.get("devices", [])})
+    t.badges = badges(t)
+
+
+def badges(t: Table) -> list[str]:
+    """The scale of a table, automatically: "smoke scale" and why (card modified / self-trained generator /
+    CPU), and a nonstandard subset. A table of the card's own settings, on a GPU, with real generators gets none."""
+    why = []
+    if t.variant:
+        why.append("card modified")
+    if t.dataset in EMBEDDED and any(method_kind(r.method) == "diffusion" for r in t.rows if r.kind == "method"):
+        why.append("self-trained generator")
+    if t.devices and all(d.lower().startswith("cpu") for d in t.devices):
+        why.append("CPU")
+    out = (["smoke scale"] + why) if why else []
+    if any(r.nonstandard for r in t.rows):
+        out.append("nonstandard subset")
     return out
 
 
+def _archive_baselines(tables: dict) -> None:
+    """Superseded rows of a current table move to its archive twin; an archive table borrows the current
+    table's random and whole rows, so its Δ and shares are read against the same references."""
+    for t in list(tables.values()):
+        old = [r for r in t.rows if not r.current and r.kind != "reported"] if t.current else []
+        if old:
+            key = (t.dataset, t.protocol, t.protocol_version, t.variant, t.ipc, t.arch, False)
+            twin = tables.setdefault(key, Table(t.dataset, t.protocol, t.protocol_version, t.family, t.ipc, t.arch,
+                                                t.metric, variant=t.variant, current=False,
+                                                card_hashes=t.card_hashes, teachers=t.teachers, devices=t.devices,
+                                                badges=t.badges))
+            twin.rows += old
+            t.rows = [r for r in t.rows if r not in old]
+    for key, t in tables.items():
+        twin = tables.get(key[:-1] + (True,))
+        if t.current or twin is None:
+            continue
+        for kind, method in (("method", BASELINE), (REFERENCE, None)):
+            if t.row(kind, method) is None and (ref := twin.row(kind, method)) is not None:
+                t.rows.append(ref)
+
+
+def _score(t: Table) -> None:
+    """Ranks (measured methods only), Δ vs random, shares of the whole split and DD-Ranking's scores (hard)."""
+    measured = [r for r in t.rows if r.kind == "method"]
+    ranks = stats.rank_row({id(r): r.summary for r in measured})
+    for r in measured:
+        r.rank = ranks[id(r)]
+    base, whole = t.row("method", BASELINE), t.row(REFERENCE)
+    for r in t.rows:
+        if r.kind == "reported":
+            continue
+        usable = r.summary.n >= stats.MIN_GAIN
+        if r.kind == "method" and base is not None and r is not base and usable and base.summary.n >= stats.MIN_GAIN:
+            r.gain = stats.gain(r.summary, base.summary)
+        if whole is not None and r is not whole:
+            r.share = 100 * r.mean / whole.mean if whole.mean else None
+        if t.family != "soft" and r.kind == "method" and whole is not None and base is not None and usable \
+                and base.summary.n >= stats.MIN_GAIN:
+            r.ddr = stats.ddranking_scores(whole.mean, r.mean, r.mean, base.mean)
+    t.rows.sort(key=lambda r: (-r.mean, r.label))
+
+
+def _soft_scores(tables: list[Table]) -> None:
+    """Soft-label tables: DD-Ranking's HLR needs each set's hard-label accuracy and the whole split's under hard
+    labels: read from the one current hard-label table of the same dataset, IPC and network (none, or two hard
+    protocols to choose from: HLR and LRS stay empty; IOR is the soft-label gain over random)."""
+    for t in tables:
+        if t.family != "soft":
+            continue
+        base = t.row("method", BASELINE)
+        hard = [h for h in tables if h.family == "hard" and h.current and (h.dataset, h.ipc, h.arch) ==
+                (t.dataset, t.ipc, t.arch)]
+        twin = hard[0] if len({h.protocol for h in hard}) == 1 and len(hard) == 1 else None
+        whole = twin.row(REFERENCE) if twin else None
+        for r in t.rows:
+            if r.kind != "method" or base is None or r.summary.n < stats.MIN_GAIN or base.summary.n < stats.MIN_GAIN:
+                continue
+            same = next((h for h in (twin.rows if twin else []) if (h.method, h.version, h.settings) ==
+                         (r.method, r.version, r.settings) and h.summary is not None), None)
+            usable = same is not None and same.summary.n >= stats.MIN_GAIN
+            r.ddr = stats.ddranking_scores(whole.mean if whole else None, same.mean if usable else None,
+                                           r.mean, base.mean)
+
+# ---------------------------------------------------------------------------------------------- cell facts
+
+def row_facts(records: list[Mapping]) -> dict:
+    """`budget.budget_facts` + the provenance a table collects from its rows: card hashes, teachers, devices."""
+    return {**budget_facts(records),
+            "card_hashes": sorted({card_hash(r.get("protocol_config")) or DASH for r in records}),
+            "teachers": [t for r in records if (t := teacher_of(r)) is not None],
+            "devices": sorted({str(r["device"]) for r in records if r.get("device")})}
