@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from ddbench.identity import DIFFUSION_NUMERICS
 from ddbench.diffusion.fast import resolve_compile, resolve_precision
 from ddbench.diffusion.generator import load_generator
 from ddbench.distilled import DistilledSet
@@ -21,6 +22,7 @@ from ddbench.method import Context, Method
 
 class DiTSampling(Method):
     """IPC samples per class; noise from one torch.Generator seeded with the distillation seed."""
+    numerics = ("ddbench.methods.dit", *DIFFUSION_NUMERICS)
 
     defaults = {"dit": None, "vae": None, "generator": "cpu", "steps": 50, "sampler": "ddpm", "cfg_scale": 4.0,
                 "cfg_channels": 3, "batch_size": 32, "autocast": "auto", "compile": "auto"}

@@ -106,6 +106,7 @@ def distill_cell(task: Task, log) -> dict:
     """Load the cached set of the cell or produce it (runner.distilled_set); returns what evaluations need."""
     from ..data import load_split
     from ..method import Context, load_method
+    from ..identity import set_inputs
     from ..runner import RunRequest, distilled_set, check_ipc, device_name, resolve_device
 
     cell, out = task.cell, Path(task.out)
@@ -127,7 +128,8 @@ def distill_cell(task: Task, log) -> dict:
     return {"path": str(dset.provenance["path"]), "sha256": dset.provenance.get("sha256") or dset.sha256(),
             "phases": phases, "method_version": method.version, "method_config": method.cfg,
             "method_kind": method.card.get("kind", ""), "images": len(dset),
-            "device": device_name(device)}
+            "device": device_name(device), "method": method.name, "method_overrides": cell.method_overrides,
+            "set_inputs": set_inputs(method, spec, device, task.options, cache_dir)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -163,7 +165,7 @@ def evaluate_cell(task: Task, log) -> dict:
     from ..distilled import DistilledSet
     from ..protocol import load_protocol
     from ..cellhash import cell_config_hash
-    from ..runner import evaluate_cells, resolve_device
+    from ..runner import evaluate_cells, record_provenance, resolve_device
 
     cell, dist = task.cell, task.distilled
     spec, cache_dir = _spec_and_cache(cell, task.options)
@@ -173,11 +175,15 @@ def evaluate_cell(task: Task, log) -> dict:
     dset.provenance["path"] = dist["path"]
     test = load_split(spec, "test", cache_dir=cache_dir / "data")
     info = {"method_version": dist["method_version"], "method_config": dist["method_config"]}
-    # the hash as this worker sees the cell (its data, its weights files): the record says what was evaluated
-    key = {**cell.key(), "config_hash": cell_config_hash({**info, "method_kind": dist.get("method_kind", "")},
-                                                          protocol, spec, task.options)}
+    # the hash as this worker sees the cell (its data, its weights files, its device): the record says what was
+    # evaluated; the set's inputs are those its distillation saw
+    full = {**info, "method_kind": dist.get("method_kind", ""), "set_inputs": dist.get("set_inputs")}
+    key = {**cell.key(), "config_hash": cell_config_hash(full, protocol, spec, task.options, device)}
+    provenance = record_provenance(dist.get("method", cell.label), spec.name, protocol, dist.get("method_overrides"),
+                                   cell.protocol_overrides, dist.get("set_inputs"), device)
     sink = RecordSink()
-    evaluate_cells(dset, spec, protocol, [key], sink, test, device, info, dist["phases"], log)
+    evaluate_cells(dset, spec, protocol, [key], sink, test, device, info, dist["phases"], log,
+                   provenance=provenance)
     if not sink.records:  # a DDP rank other than 0: only rank 0 records (ddp.spawn returns rank 0's value)
         return {}
     record = sink.records[0]
