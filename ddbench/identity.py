@@ -7,8 +7,10 @@ A cached set or a stored record answers a request only when everything that can 
   relative-path order), remembered in `<cache>/hashes.json` by (absolute path, size, mtime_ns), so a 2.7 GB DiT
   is read once, and a retrained teacher saved under the same name and size is still another file;
 - **the precision actually used** — `resolved_precision(cfg, device)`: every precision switch of a resolved
-  config (`precision:`, `autocast:`) as it resolves on the device (`precision: bf16` runs in fp32 on the CPU;
-  `autocast: auto` is bf16 on CUDA only); the protocols and the samplers run what these same functions say;
+  config (`precision:`, `autocast:`, `amp:`) as it resolves on the device (`precision: bf16` runs in fp32 on the
+  CPU; `autocast: auto` is bf16 on CUDA only); the protocols and the samplers run what these same functions
+  say. A method that trains networks with the engine (`ddbench.train`: bf16 autocast on CUDA by default) also
+  gets `engine.amp`;
 - **the numerics code** — `numerics_fingerprint(modules)`: sha256 over the source of the modules that compute a
   method's or a protocol's numbers (declared once, as the class attribute `numerics`), so a code change that can
   move a number makes a new cell instead of letting an old record answer.
@@ -138,6 +140,8 @@ def resolved_precision(cfg: Mapping, device) -> dict[str, str]:
             out[key] = precision_on(value, device)
         elif name == "autocast":
             out[key] = resolve_precision(value, device)
+        elif name == "amp":  # the engine's switch: bf16 autocast on CUDA when true (ddbench.train._autocast)
+            out[key] = "bf16" if value and device.type == "cuda" else "fp32"
     return out
 
 
@@ -190,7 +194,9 @@ def set_inputs(method, spec, device, options: Mapping, cache_dir=None) -> dict:
     from .cellhash import dataset_identity, file_identity, method_weights
 
     weights = method_weights(method.card.get("kind", ""), method.cfg, spec, options)
+    precision = resolved_precision(method.precision_config(spec.name), device)
+    if set(TRAIN_NUMERICS) <= set(method.numerics):  # it trains networks with the engine's default (bf16 on CUDA)
+        precision["engine.amp"] = "bf16" if torch.device(device).type == "cuda" else "fp32"
     return {"dataset": dataset_identity(spec),
             "weights": {k: file_identity(p, cache_dir) for k, p in sorted(weights.items())},
-            "precision": resolved_precision(method.precision_config(spec.name), device),
-            "numerics": numerics_fingerprint(numerics_of(method))}
+            "precision": precision, "numerics": numerics_fingerprint(numerics_of(method))}

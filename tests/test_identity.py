@@ -219,4 +219,4 @@ def test_an_override_run_keeps_its_modified_label_after_a_card_bump(tmp_path):
     older = [{**r, "protocol_version": "0"} for r in (smoke, own)]  # the card has been bumped since
     assert labels(older) == ["", "epochs=1"]
     legacy = [{**r, "protocol_version": "0", "extra": {}} for r in (smoke, own)]  # records without the fields
-    assert labels(legacy) == ["", ""]  # the present behaviour: no reference, no label
+    assert labels(legacy) == [""]  # the earlier behaviour: no reference, so the smoke run joins the card's own
