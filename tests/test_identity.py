@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 import ddbench.identity as identity
 from ddbench.cellhash import cell_config_hash, protocol_identity
@@ -25,6 +26,7 @@ from ddbench.method import load_method, list_methods, method_card, method_regist
 from ddbench.protocol import list_protocols, load_protocol
 from ddbench.runner import RunRequest, run
 from ddbench.store import ResultStore
+from ddbench.sweep.expand import load_grid
 from fakes import make_imagenet_tree
 
 QUIET = dict(log=lambda *_: None)
@@ -147,6 +149,15 @@ def test_a_set_is_not_reused_across_dataset_identity_and_a_wrong_manifest_is_dis
 
 def test_a_record_of_other_numerics_code_does_not_answer(tmp_path, monkeypatch):
     first = run(_req(tmp_path), **QUIET)
+    # a sweep plans the same set folder and the same config hash for this cell (docs/sweeps.md)
+    grid = dict(name="t", methods=["random"], datasets=["digits"], ipcs=[1], seeds=[0], protocols=["dc"],
+                archs=["convnet3"], eval_seeds=[0], overrides={"protocol": {"*": {"epochs": 1}}})
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
+    plan = load_grid(tmp_path / "grid.yaml", out=tmp_path / "runs", flags={"cache_dir": str(tmp_path / "cache")},
+                     device="cpu")
+    (cell,) = plan.evals.values()
+    assert cell.config_hash == first[0]["config_hash"]
+    assert str(plan.distills[cell.distill].folder(tmp_path / "runs")) == first[0]["distilled_path"]
     logs = []
     assert run(_req(tmp_path), log=logs.append)[0]["config_hash"] == first[0]["config_hash"]
     assert any("already recorded" in line for line in logs)
