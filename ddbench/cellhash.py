@@ -8,46 +8,14 @@ device, and the numerics fingerprints of the protocol's and the method's code (d
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .config import config_hash
 from .errors import DataError
-
-
-def dataset_identity(spec) -> dict:
-    """What of a dataset can move a number: its name, class order, resolutions, channels and normalisation
-    (not its root folder, which differs between machines holding the same data)."""
-    identity = {"name": spec.name, "classes": list(spec.classes), "resolution": spec.resolution,
-                "test_resolution": spec.test_resolution, "channels": spec.channels, "mean": list(spec.mean),
-                "std": list(spec.std)}
-    if spec.nonstandard:  # e.g. a fastai imagewoof2 download: other images, never one cell with ILSVRC-2012's
-        identity["nonstandard"] = spec.nonstandard
-    return identity
-
-
-def file_identity(path, cache_dir=None) -> dict:
-    """A user-supplied weights file or folder by its content: {"name", "sha256"} (sha256 of the bytes, a folder's
-    files in sorted relative-path order; remembered by path, size and mtime in the cache: ddbench.identity).
-    A retrained file saved under the same name and size is another file. A missing path has sha256 None."""
-    from .identity import content_sha256
-
-    p = Path(path).expanduser()
-    return {"name": p.name, "sha256": content_sha256(p, cache_dir) if p.exists() else None}
+from .identity import dataset_identity, file_identity, method_weights, weight_paths
 
 
 WEIGHT_FLAGS = {"dit": "--dit / DDBENCH_DIT", "vae": "--vae / DDBENCH_VAE", "teacher": "--teacher / DDBENCH_TEACHER"}
-
-
-def method_weights(method_kind: str, method_cfg: dict, spec, options: dict) -> dict[str, str]:
-    """The user-supplied weights a method reads while it distils: the DiT and VAE of a diffusion method on an
-    ImageNet subset, the teacher of an inversion method (sre2l, cudd). Part of the set's identity."""
-    used = []
-    if method_kind == "diffusion" and spec.kind == "imagenet":
-        used += ["dit", "vae"]
-    if method_kind == "inversion":
-        used.append("teacher")
-    return _paths(used, method_cfg, None, options)
 
 
 def used_weights(method_kind: str, method_cfg: dict, protocol, spec, options: dict) -> dict[str, str]:
@@ -55,19 +23,7 @@ def used_weights(method_kind: str, method_cfg: dict, protocol, spec, options: di
     soft-label protocol. A path given but not read is left out."""
     out = method_weights(method_kind, method_cfg, spec, options)
     if protocol.card.get("family") == "soft":
-        out.update(_paths(["teacher"], method_cfg, protocol, options))
-    return out
-
-
-def _paths(used: list[str], method_cfg: dict, protocol, options: dict) -> dict[str, str]:
-    out = {}
-    for key in used:
-        path = options.get(key) or os.environ.get(f"DDBENCH_{key.upper()}") or method_cfg.get(key)
-        if key == "teacher":  # the card's own path wins where the method or protocol reads one
-            card = protocol.card.get("teacher") if protocol is not None else None
-            path = method_cfg.get("teacher_path") or (card.get("path") if isinstance(card, dict) else None) or path
-        if path:
-            out[key] = str(path)
+        out.update(weight_paths(["teacher"], method_cfg, protocol, options))
     return out
 
 

@@ -120,6 +120,54 @@ def content_sha256(path, cache_dir=None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# The data and the weights files a set is made from
+# ---------------------------------------------------------------------------------------------------------
+
+
+def dataset_identity(spec) -> dict:
+    """What of a dataset can move a number: its name, class order, resolutions, channels and normalisation
+    (not its root folder, which differs between machines holding the same data)."""
+    identity = {"name": spec.name, "classes": list(spec.classes), "resolution": spec.resolution,
+                "test_resolution": spec.test_resolution, "channels": spec.channels, "mean": list(spec.mean),
+                "std": list(spec.std)}
+    if spec.nonstandard:  # e.g. a fastai imagewoof2 download: other images, never one cell with ILSVRC-2012's
+        identity["nonstandard"] = spec.nonstandard
+    return identity
+
+
+def file_identity(path, cache_dir=None) -> dict:
+    """A user-supplied weights file or folder by its content: {"name", "sha256"} (sha256 of the bytes, a folder's
+    files in sorted relative-path order; remembered by path, size and mtime in the cache: ddbench.identity).
+    A retrained file saved under the same name and size is another file. A missing path has sha256 None."""
+    p = Path(path).expanduser()
+    return {"name": p.name, "sha256": content_sha256(p, cache_dir) if p.exists() else None}
+
+
+def method_weights(method_kind: str, method_cfg: dict, spec, options: dict) -> dict[str, str]:
+    """The user-supplied weights a method reads while it distils: the DiT and VAE of a diffusion method on an
+    ImageNet subset, the teacher of an inversion method (sre2l, cudd). Part of the set's identity."""
+    used = []
+    if method_kind == "diffusion" and spec.kind == "imagenet":
+        used += ["dit", "vae"]
+    if method_kind == "inversion":
+        used.append("teacher")
+    return weight_paths(used, method_cfg, None, options)
+
+
+def weight_paths(used: list[str], method_cfg: dict, protocol, options: dict) -> dict[str, str]:
+    """The path of each weights kind in `used`: --dit / --vae / --teacher (options) > DDBENCH_<KIND> > the card."""
+    out = {}
+    for key in used:
+        path = options.get(key) or os.environ.get(f"DDBENCH_{key.upper()}") or method_cfg.get(key)
+        if key == "teacher":  # the card's own path wins where the method or protocol reads one
+            card = protocol.card.get("teacher") if protocol is not None else None
+            path = method_cfg.get("teacher_path") or (card.get("path") if isinstance(card, dict) else None) or path
+        if path:
+            out[key] = str(path)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
 # The precision actually used
 # ---------------------------------------------------------------------------------------------------------
 
@@ -191,8 +239,6 @@ def set_inputs(method, spec, device, options: Mapping, cache_dir=None) -> dict:
     of every weights file the method reads (--dit, --vae, --teacher), the precision it resolves to on `device`,
     and its numerics fingerprint. Self-trained generators and teachers (embedded data) are identified by their
     cache keys, which are functions of the method config and the dataset (both covered here)."""
-    from .cellhash import dataset_identity, file_identity, method_weights
-
     weights = method_weights(method.card.get("kind", ""), method.cfg, spec, options)
     precision = resolved_precision(method.precision_config(spec.name), device)
     if set(TRAIN_NUMERICS) <= set(method.numerics):  # it trains networks with the engine's default (bf16 on CUDA)
