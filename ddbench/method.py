@@ -53,6 +53,9 @@ class Method:
 
     defaults: ClassVar[dict] = {}
     schema: ClassVar[dict] = {}
+    # Modules that compute this method's numbers (its own module and the engine modules it uses), by module
+    # name; their source makes the numerics fingerprint of its sets (ddbench.identity). Every method declares it.
+    numerics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, card: dict, cfg: dict):
         self.card = card
@@ -71,9 +74,23 @@ class Method:
     def distill(self, ctx: Context, ipc: int, seed: int):
         raise NotImplementedError
 
-    def distill_key(self, ipc: int, seed: int) -> str:
-        """Identifies the distilled set: a changed config, card version or seed gives a new set."""
-        return config_hash({"method": self.name, "version": self.version, "cfg": self.cfg, "ipc": ipc, "seed": seed})
+    def identity(self) -> dict:
+        """The method's part of a set's identity: name, card version and resolved config (a guidance method adds
+        its base card). `set_identity` adds IPC, seed and the inputs (ddbench.identity.set_inputs)."""
+        return {"method": self.name, "version": self.version, "cfg": self.cfg}
+
+    def precision_config(self, dataset: str) -> dict:
+        """The config whose precision switches this method runs with on `dataset` (a guidance method: its base's)."""
+        return self.cfg
+
+    def set_identity(self, ipc: int, seed: int, inputs: dict) -> dict:
+        """Everything that makes the set of (ipc, seed): written into its manifest, checked when it is reused."""
+        return {**self.identity(), "ipc": ipc, "seed": seed, "inputs": inputs}
+
+    def distill_key(self, ipc: int, seed: int, inputs: dict) -> str:
+        """Identifies the distilled set: a changed config, card version, seed, dataset, weights file content,
+        resolved precision or numerics code gives a new set."""
+        return config_hash(self.set_identity(ipc, seed, inputs))
 
 
 # ---------------------------------------------------------------------- cards and registry

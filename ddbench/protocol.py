@@ -65,6 +65,9 @@ class Protocol:
     family: ClassVar[str] = ""
     defaults: ClassVar[dict] = {}  # code defaults, under the card (code < card < --set)
     schema: ClassVar[dict] = {}  # a rule for every card key but META_KEYS (ddbench.schema), checked on loading
+    # Modules that compute this family's numbers (by module name); their source makes the numerics fingerprint
+    # in every record's config hash (ddbench.identity). Every family declares it.
+    numerics: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, card: dict):
         self.card = card
@@ -92,6 +95,21 @@ def uses_bf16(card: dict) -> bool:
         raise ConfigError(f"protocol {card.get('name')}: precision {precision!r} is not one of {', '.join(PRECISIONS)} "
                           "(--set protocol.precision=fp32)")
     return precision == "bf16"
+
+
+def precision_on(precision, device) -> str:
+    """A card's `precision` as it runs on `device`: "bf16" (autocast) on CUDA only, "fp32" on every other device.
+    The training loops take their `amp` switch from here and the identity of a set or record hashes this value
+    (ddbench.identity.resolved_precision), so the two cannot disagree."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)} (--set ...precision=fp32)")
+    return "bf16" if precision == "bf16" and torch.device(device).type == "cuda" else "fp32"
+
+
+def resolved_precision(card: dict, device) -> str:
+    """The precision a protocol card trains and tests with on `device` (see `precision_on`)."""
+    uses_bf16(card)  # an unknown value: the card-level error message
+    return precision_on(card.get("precision"), device)
 
 
 class ResourceMeter:

@@ -1,8 +1,10 @@
 """One run: dataset → method → distilled set → protocol → result records.
 
 Every step is idempotent so a killed run resumes where it stopped:
-- a distilled set lives at `<out>/distilled/<method>/<dataset>/ipc<K>-seed<S>-<key>` (key = hash of the
-  method's resolved config, card version, IPC and seed) and is reused when its manifest is there;
+- a distilled set lives at `<out>/distilled/<method>/<dataset>/ipc<K>-seed<S>-<key>` (key = hash of its
+  identity: the method's resolved config, card version, IPC and seed, and its inputs — dataset identity, weights
+  content, resolved precision, numerics code; ddbench.identity) and is reused when its manifest is there and
+  the identity written in it is the one asked for;
 - each (arch, eval seed) evaluation is written to the store as soon as it finishes, and skipped next time
   when its record is there under the same config hash (`cellhash.cell_config_hash`); `rerun=True`
   evaluates anew.
@@ -20,11 +22,12 @@ import torch
 from . import ddp
 from .budget import record_budget
 from .data import get_dataset, list_files, load_split
-from .cellhash import cell_config_hash, check_weights, used_weights
-from .config import check_unique, deep_merge
+from .cellhash import cell_config_hash, check_weights, protocol_identity, used_weights
+from .config import canonical_json, check_unique, config_hash, deep_merge
 from .data.gates import check_class_order
 from .distilled import MANIFEST, DistilledSet
 from .errors import ConfigError, DataError, ResourceError
+from .identity import set_inputs
 from .method import Context, default_cache_dir, load_method
 from .protocol import META_KEYS, load_protocol
 from .store import ResultStore, code_version
@@ -204,10 +207,13 @@ def run(req: RunRequest, progress=None, log=print) -> list[dict]:
         device = torch.device("cuda", ddp.env_world()[1])
     info = {"method_version": method.version, "method_config": method.cfg, "method_kind": method.card.get("kind", "")}
     check_weights(used_weights(info["method_kind"], method.cfg, protocol, spec, req.options))
-    cell_hash = cell_config_hash(info, protocol, spec, req.options)
+    cache_dir = Path(req.options.get("cache_dir") or default_cache_dir())
+    info["set_inputs"] = set_inputs(method, spec, device, req.options, cache_dir)
+    cell_hash = cell_config_hash(info, protocol, spec, req.options, device)
+    provenance = record_provenance(method.name, spec.name, protocol, req.method_overrides, req.protocol_overrides,
+                                   info["set_inputs"], device)
     out = Path(req.out)
     store = ResultStore(out / "results.db")
-    cache_dir = Path(req.options.get("cache_dir") or default_cache_dir())
     protocol.options = {"cache_dir": str(cache_dir), "teacher": req.options.get("teacher")}  # soft protocols' teacher
     train_split = {}
 
@@ -233,10 +239,10 @@ def run(req: RunRequest, progress=None, log=print) -> list[dict]:
             test = load_split(spec, "test", cache_dir=cache_dir / "data")
         with ddp.main_first():  # rank 0 distils and saves; the other ranks then load the saved set
             dset, phases = distilled_set(method, ctx, req, spec, seed, out, prepared, log)
-        info_out = {k: v for k, v in info.items() if k != "method_kind"}
+        info_out = {k: v for k, v in info.items() if k not in ("method_kind", "set_inputs")}
         records += evaluate_cells(dset, spec, protocol, todo, store, test, device, info_out, phases, log,
                                   replace=req.rerun, models_at_once=req.options.get("models_at_once"),
-                                  progress=progress)
+                                  progress=progress, provenance=provenance)
     store.close()
     return records
 
@@ -270,10 +276,40 @@ def load_method_for_run(name: str, dataset: str, overrides: dict, protocol):
                           f"{', '.join(keys)}.") from None
 
 
+def record_provenance(method: str, dataset: str, protocol, method_overrides: dict | None,
+                      protocol_overrides: dict | None, inputs: dict | None, device) -> dict:
+    """What every record keeps under `extra` besides the protocol's fields (docs/results-schema.md, "Identity"):
+    `identity` (the set's inputs and the protocol's precision and numerics fingerprint that its config hash
+    covers), `overrides` (the `--set` / grid values it ran with) and `card_config_hash` (config.config_hash of the
+    method's and the protocol's own card config at the time: the leaderboard names a variant against it after
+    a card bump)."""
+    return {"identity": {"set": inputs, "protocol": protocol_identity(protocol, device)},
+            "overrides": {"method": method_overrides or {}, "protocol": protocol_overrides or {}},
+            "card_config_hash": {"method": method_card_hash(method, dataset),
+                                 "protocol": protocol_card_hash(protocol.name)}}
+
+
+def method_card_hash(method: str, dataset: str) -> str | None:
+    """config_hash of the method card's own resolved config on `dataset`; None for an external set."""
+    from .errors import DDBenchError
+    from .method import resolve_method_config
+
+    try:
+        return config_hash(resolve_method_config(method, dataset)[1])
+    except DDBenchError:
+        return None
+
+
+def protocol_card_hash(name: str) -> str:
+    """config_hash of the protocol card without overrides."""
+    return config_hash(load_protocol(name).card)
+
+
 def evaluate_cells(dset, spec, protocol, keys, store, test, device, info, phases, log, replace=False,
-                   models_at_once=None, progress=None) -> list[dict]:
+                   models_at_once=None, progress=None, provenance: dict | None = None) -> list[dict]:
     """Evaluate `dset` for each record key (config_hash included) and store each record as soon as it exists;
-    `replace` overwrites a stored record of the same key (--rerun).
+    `replace` overwrites a stored record of the same key (--rerun); `provenance` (record_provenance) goes into
+    every record's `extra`.
 
     The eval seeds of one arch are trained together, `models_at_once` networks per job (None: chosen from the
     device, see plan_models_at_once); each model's record is written when its job ends. A job that runs out of
@@ -301,7 +337,7 @@ def evaluate_cells(dset, spec, protocol, keys, store, test, device, info, phases
             budget = budget or record_budget(dset, protocol, spec, device)  # once per set: bytes and teacher size
             for key, result in zip(job, results):
                 record = _record(key, result, meter.peak_mb, info, protocol, sha, dset, device, phases, spec)
-                record["extra"] = {**(record["extra"] or {}), "budget": budget}
+                record["extra"] = {**(record["extra"] or {}), "budget": budget, **(provenance or {})}
                 if at_once < planned:  # the K that ran, next to the K the plan chose
                     record["extra"].update(models_at_once=len(job), models_at_once_planned=planned)
                 if ddp.is_main():
@@ -391,7 +427,7 @@ def evaluate_folder(path: Path, dataset: str, name: str | None, protocol_name: s
     check_class_order(dset.classes, spec, f"distilled set {path}")
     dset.provenance["path"] = str(path)
     cell_hash = cell_config_hash({"method_version": 0, "method_config": {}, "set_sha256": dset.sha256()},
-                                 protocol, spec, options)
+                                 protocol, spec, options, dev)
     check_data(spec)
     cache_dir = Path(options.get("cache_dir") or default_cache_dir())
     protocol.options = {"cache_dir": str(cache_dir), "teacher": options.get("teacher")}
@@ -404,8 +440,9 @@ def evaluate_folder(path: Path, dataset: str, name: str | None, protocol_name: s
         done = [r for k in keys if k not in todo for r in store.query(**k)]
         info = {"method_version": 0, "method_config": {"external_path": str(path)}}
         phases = {"timings": {}, "peak_mem": {}}
+        provenance = record_provenance(method, spec.name, protocol, {}, protocol_overrides, None, dev)
         return done + evaluate_cells(dset, spec, protocol, todo, store, test, dev, info, phases, log, replace=rerun,
-                                     models_at_once=options.get("models_at_once"))
+                                     models_at_once=options.get("models_at_once"), provenance=provenance)
 
 
 def distilled_folder(out: Path, method: str, dataset: str, ipc: int, seed: int, key: str) -> Path:
@@ -414,12 +451,21 @@ def distilled_folder(out: Path, method: str, dataset: str, ipc: int, seed: int, 
 
 
 def distilled_set(method, ctx, req, spec, seed, out, prepared, log):
-    """Load the cached set for (method config, ipc, seed) or produce and save it. Returns (set, phase stats)."""
-    folder = distilled_folder(out, method.name, spec.name, req.ipc, seed, method.distill_key(req.ipc, seed))
+    """Load the cached set of this identity or produce and save it. Returns (set, phase stats).
+
+    The identity (method.set_identity: config, card version, IPC, seed, and ddbench.identity.set_inputs) names
+    the folder and is written into the set's provenance; a cached set whose stored identity is another (made
+    from other weights, data, precision or code) is distilled anew, with one line saying why."""
+    inputs = set_inputs(method, spec, ctx.device, ctx.options, ctx.cache_dir)
+    identity = method.set_identity(req.ipc, seed, inputs)
+    folder = distilled_folder(out, method.name, spec.name, req.ipc, seed, method.distill_key(req.ipc, seed, inputs))
     if (folder / MANIFEST).exists():
         try:
             dset = DistilledSet.load(folder)
             check_class_order(dset.classes, spec, f"cached set {folder}")  # made under another class list
+            stale = identity_diff(dset.provenance.get("identity"), identity)
+            if stale:
+                raise DataError(f"it was made from other inputs ({stale})")
             log(f"seed {seed}: reusing distilled set {folder}")
             dset.provenance["path"] = str(folder)
             return dset, {"timings": dset.provenance.get("phase_seconds", {}),
@@ -437,11 +483,28 @@ def distilled_set(method, ctx, req, spec, seed, out, prepared, log):
         dset = method.distill(ctx, req.ipc, seed)
     timings["distill"], peaks["distill"] = m.seconds, m.peak_mb
     dset.provenance.update({"phase_seconds": timings, "phase_peak_mb": peaks, "dataset": spec.name,
-                            "code_version": code_version()})
+                            "code_version": code_version(), "identity": identity})
     dset.provenance["sha256"] = dset.save(folder)
     dset.provenance["path"] = str(folder)
     log(f"seed {seed}: distilled {len(dset)} images in {m.seconds:.1f}s -> {folder}")
     return dset, {"timings": timings, "peak_mem": peaks, "set_metrics": _set_metrics(method, dset, folder, ctx, log)}
+
+
+def identity_diff(stored, wanted: dict) -> str:
+    """"" when a cached set's stored identity is the one wanted, else which parts differ (for the log line)."""
+    if not isinstance(stored, dict):
+        return "its manifest holds no identity"
+    if canonical_json(stored) == canonical_json(wanted):
+        return ""
+    parts = []
+    for k in sorted(set(stored) | set(wanted)):
+        a, b = stored.get(k), wanted.get(k)
+        if k == "inputs" and isinstance(a, dict) and isinstance(b, dict):
+            parts += [f"inputs.{i}" for i in sorted(set(a) | set(b))
+                      if canonical_json(a.get(i)) != canonical_json(b.get(i))]
+        elif canonical_json(a) != canonical_json(b):
+            parts.append(k)
+    return "differs in " + ", ".join(parts)
 
 
 def _set_metrics(method, dset, folder, ctx, log) -> dict | None:

@@ -17,12 +17,10 @@ with `classes`) must list them in the dataset's order (`ddbench.data.gates.check
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import time
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -374,15 +372,7 @@ def teacher_identity(spec, arch: str | None, cfg: dict | None, path, cache_dir) 
 
 
 def file_sha256(path) -> str:
-    """sha256 of a file's bytes, computed once per (path, size, modification time)."""
-    st = Path(path).stat()
-    return _sha256(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    """sha256 of a file's bytes, computed once per (path, size, modification time) (ddbench.identity)."""
+    from .identity import content_sha256
 
-
-@lru_cache(maxsize=32)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    return content_sha256(Path(path))

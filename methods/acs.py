@@ -28,13 +28,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ddbench.identity import TRAIN_NUMERICS
 from ddbench.augment import IDCAugment, normalize, resize_center_crop, to_float
 from ddbench.diffusion.generator import SAMPLERS
 from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
 from ddbench.method import Context, Method
 from ddbench.methods.dit import GUIDED_SAMPLING_RULES
-from ddbench.methods.mgd3 import BASES, base_generator, base_method, guided_distill_key  # the same base-generator mechanism as MGD³
+from ddbench.methods.mgd3 import (BASES, GUIDED_NUMERICS, base_generator, base_method,  # the base-generator
+                                  guided_identity, guided_precision_config)           # mechanism of MGD³
 from ddbench.methods.minimax import FINETUNE_RULES
 from ddbench.schema import choice, nullable
 from ddbench.nets import build_net
@@ -211,6 +213,7 @@ SAMPLING_KEYS = ("dit", "vae", "generator", "steps", "sampler", "cfg_scale", "cf
 class ACS(Method):
     """Curricula sampled from the base generator, each one after the first guided away from a discriminator
     trained on all the curricula before it (Algorithm 1)."""
+    numerics = (*GUIDED_NUMERICS, "ddbench.methods.acs", *TRAIN_NUMERICS)
 
     defaults = {"base": "dit", "sampling": {k: None for k in SAMPLING_KEYS}, "finetune": None, "g": 0.01,
                 "schedule": list(SCHEDULE), "guided_batch_size": None,
@@ -235,8 +238,11 @@ class ACS(Method):
                               f"{', '.join(SAMPLERS)} (null: the base's, DDPM)")
         return base
 
-    def distill_key(self, ipc: int, seed: int) -> str:
-        return guided_distill_key(self, ipc, seed)
+    def identity(self) -> dict:
+        return guided_identity(self)
+
+    def precision_config(self, dataset: str) -> dict:
+        return guided_precision_config(self, dataset, {**self.cfg["sampling"], "finetune": self.cfg["finetune"]})
 
     def prepare(self, ctx: Context) -> None:
         base = self._base(ctx)

@@ -161,6 +161,7 @@ def select_initial(labels: torch.Tensor, num_classes: int, need: int, used: torc
 
 class CUDD(SRe2L):
     """SRe2L's recover loop run per curriculum from real images, with a student for feedback and adversary."""
+    numerics = (*SRe2L.numerics, "ddbench.methods.cudd", "ddbench.protocols.soft", "ddbench.protocols.hard")
 
     defaults = {
         **SRe2L.defaults,

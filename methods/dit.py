@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from ddbench.identity import DIFFUSION_NUMERICS
 from ddbench.diffusion.fast import SWITCH_RULE, resolve_compile, resolve_precision
 from ddbench.diffusion.generator import SAMPLERS, load_generator
 from ddbench.diffusion.train import PRESETS
@@ -33,6 +34,7 @@ GUIDED_SAMPLING_RULES = {k: nullable(r) for k, r in SAMPLING_RULES.items()}  # n
 
 class DiTSampling(Method):
     """IPC samples per class; noise from one torch.Generator seeded with the distillation seed."""
+    numerics = ("ddbench.methods.dit", *DIFFUSION_NUMERICS)
 
     defaults = {"dit": None, "vae": None, "generator": "cpu", "steps": 50, "sampler": "ddpm", "cfg_scale": 4.0,
                 "cfg_channels": 3, "batch_size": 32, "autocast": "auto", "compile": "auto"}

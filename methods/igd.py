@@ -33,14 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
+from ddbench.identity import TRAIN_NUMERICS
 from ddbench.augment import resize_center_crop, to_float
 from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
 from ddbench.method import Context, Method
 from ddbench.methods.acs import SAMPLING_KEYS, differentiable_decoder
 from ddbench.methods.dit import GUIDED_SAMPLING_RULES
-from ddbench.methods.mgd3 import (BASES, REFERENCE_STEPS, _atomic_save, base_generator, base_method,
-                                  guided_distill_key)
+from ddbench.methods.mgd3 import (BASES, GUIDED_NUMERICS, REFERENCE_STEPS, _atomic_save, base_generator, base_method,
+                                  guided_identity, guided_precision_config)
 from ddbench.methods.minimax import FINETUNE_RULES
 from ddbench.schema import choice, nullable
 from ddbench.nets import build_net
@@ -212,6 +213,7 @@ def select_checkpoints(class_grads: torch.Tensor, threshold: float) -> list[int]
 
 class IGD(Method):
     """Surrogate trajectory + real gradients (cached), then class-by-class influence- and deviation-guided samples."""
+    numerics = (*GUIDED_NUMERICS, "ddbench.methods.igd", "ddbench.methods.acs", *TRAIN_NUMERICS)
 
     defaults = {"base": "dit", "sampling": {k: None for k in SAMPLING_KEYS}, "finetune": None,
                 "k": 5.0, "gamma": 120.0, "low": 30, "high": 45, "inject": "mean", "memory_size": 64,
@@ -243,8 +245,11 @@ class IGD(Method):
                               "for deterministic DDIM; use --set inject=eps")
         return base
 
-    def distill_key(self, ipc: int, seed: int) -> str:
-        return guided_distill_key(self, ipc, seed)
+    def identity(self) -> dict:
+        return guided_identity(self)
+
+    def precision_config(self, dataset: str) -> dict:
+        return guided_precision_config(self, dataset, {**self.cfg["sampling"], "finetune": self.cfg["finetune"]})
 
     def prepare(self, ctx: Context) -> None:
         base = self._base(ctx)

@@ -33,6 +33,7 @@ from PIL import Image
 from ddbench.diffusion.hooks import GuidanceHook, StepState
 from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
+from ddbench.identity import DIFFUSION_NUMERICS
 from ddbench.safeload import load_tensors
 from ddbench.method import Context, Method
 from ddbench.methods.dit import GUIDED_SAMPLING_RULES
@@ -44,6 +45,9 @@ MODES = ("centroid", "closest")
 SAMPLERS = ("ddpm", "ddim")
 CROPS = ("adm", "resize")
 BASES = ("dit", "minimax")  # the generators a guidance method can guide (mgd3, acs, igd: `base:`)
+# the code behind a guided set: this module, its base methods (`dit`, `minimax`) and the diffusion engine
+GUIDED_NUMERICS = ("ddbench.methods.mgd3", "ddbench.methods.dit", "ddbench.methods.minimax",
+                   "ddbench.methods.minimax_train", *DIFFUSION_NUMERICS)
 
 
 # ---------------------------------------------------------------------- mode discovery
@@ -108,16 +112,21 @@ class ModeGuidance(GuidanceHook):
 
 
 # ---------------------------------------------------------------------- the base generator
-def guided_distill_key(method, ipc: int, seed: int) -> str:
-    """Set cache key of a method that guides a base generator (mgd3, acs): it also hashes the base method's
+def guided_identity(method) -> dict:
+    """Set identity of a method that guides a base generator (mgd3, acs, igd): it also holds the base method's
     card, so a changed `dit` / `minimax` card changes the guided sets too."""
-    from ddbench.config import config_hash
     from ddbench.method import method_card
 
     card = method_card(method.cfg["base"])
     base = {k: card.get(k) for k in ("version", "defaults", "datasets")}
-    return config_hash({"method": method.name, "version": method.version, "cfg": method.cfg, "ipc": ipc,
-                        "seed": seed, "base": base})
+    return {"method": method.name, "version": method.version, "cfg": method.cfg, "base": base}
+
+
+def guided_precision_config(method, dataset: str, over: dict) -> dict:
+    """The precision switches a guidance method runs with: its base's resolved config (with the non-null
+    `sampling` keys `over` on top, as `base_method` builds it) and its own keys besides `sampling`."""
+    base = base_method(method.cfg["base"], dataset, over)
+    return {**{k: v for k, v in method.cfg.items() if k not in ("sampling", "base")}, "base": base.cfg}
 
 
 def base_method(name: str, dataset: str, sampling: dict) -> Method:
@@ -141,6 +150,7 @@ def base_generator(ctx: Context, base: Method):
 # ---------------------------------------------------------------------- the adapter
 class MGD3(Method):
     """Mode discovery per class (cached), then IPC mode-guided samples per class from the base generator."""
+    numerics = GUIDED_NUMERICS
 
     defaults = {"base": "dit", "sampling": {k: None for k in ("dit", "vae", "generator", "steps", "sampler",
                                                                "cfg_scale", "cfg_channels", "batch_size", "autocast")},
@@ -161,8 +171,11 @@ class MGD3(Method):
                               "use --set inject=eps")
         return base
 
-    def distill_key(self, ipc: int, seed: int) -> str:
-        return guided_distill_key(self, ipc, seed)
+    def identity(self) -> dict:
+        return guided_identity(self)
+
+    def precision_config(self, dataset: str) -> dict:
+        return guided_precision_config(self, dataset, self.cfg["sampling"])
 
     def prepare(self, ctx: Context) -> None:
         base = self._base(ctx)

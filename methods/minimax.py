@@ -32,6 +32,7 @@ from ddbench.diffusion.dit import DiT
 from ddbench.diffusion.generator import Generator, data_fingerprint, load_generator
 from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
+from ddbench.protocol import precision_on
 from ddbench.safeload import load_tensors
 from ddbench.method import Context, Method
 from ddbench.methods.dit import DiTSampling, sample_classes
@@ -193,19 +194,16 @@ def finetune_config(cfg: dict, base: Generator) -> dict:
     return ft
 
 
-def base_identity(base: Generator) -> dict:
+def base_identity(base: Generator, cache_dir=None) -> dict:
     """What identifies the base weights in the cache key: the self-trained generator's cache folder name
-    (it holds the config + data hash), or the pretrained files' names and sizes."""
+    (it holds the config + data hash), or the pretrained files' content (ddbench.cellhash.file_identity)."""
+    from ddbench.cellhash import file_identity
+
     info = base.info
     if info.get("kind") == "self-trained":
         return {"kind": "self-trained", "generator": Path(info["path"]).parent.name}
     files = {k: info.get(k) for k in ("dit", "vae")}
-    return {"kind": info.get("kind"), **{k: (Path(v).name, _size(v)) for k, v in files.items() if v}}
-
-
-def _size(path: str) -> int:
-    p = Path(path)
-    return sum(f.stat().st_size for f in p.rglob("*") if f.is_file()) if p.is_dir() else p.stat().st_size
+    return {"kind": info.get("kind"), **{k: file_identity(v, cache_dir) for k, v in files.items() if v}}
 
 
 def pool_fingerprint(ctx: Context) -> str:
@@ -252,7 +250,9 @@ def minimax_generator(ctx: Context, cfg: dict | None = None, log=None) -> Genera
     ft = finetune_config(cfg, base)
     phases = phase_classes(len(ctx.spec.classes), ft["phase_classes"])
     data = pool_fingerprint(ctx)
-    keys = [{"format": FORMAT, "base": base_identity(base), "data": data, "classes": labels,
+    # the precision the fine-tuning runs in here (bf16 on CUDA only): a CPU fine-tune is not reused on a GPU
+    keys = [{"format": FORMAT, "base": base_identity(base, ctx.cache_dir), "data": data, "classes": labels,
+             "precision_used": precision_on(ft["precision"], ctx.device),
              **{k: v for k, v in ft.items() if k not in NOT_IN_KEY}} for labels in phases]
     folders = [ctx.cache_path("minimax", k) for k in keys]
     cache_key = (tuple(str(f) for f in folders), str(ctx.device), id(base.model))
@@ -297,6 +297,7 @@ def _bundle(ctx, base: Generator, ft: dict, phases, states, folders) -> Generato
 
 class Minimax(Method):
     """Fine-tune (prepare, cached), then sample IPC images per class as `dit` does."""
+    numerics = (*DiTSampling.numerics, "ddbench.methods.minimax", "ddbench.methods.minimax_train")
 
     defaults = {**DiTSampling.defaults, "finetune": dict(FINETUNE)}
     schema = {**DiTSampling.schema, "finetune": FINETUNE_RULES}

@@ -28,6 +28,7 @@ from torch import nn
 from ddbench.diffusion.dit import Attention, DiT, DiTBlock, modulate
 from ddbench.diffusion.train import diffusion_tables, diffusion_terms
 from ddbench.errors import ConfigError
+from ddbench.protocol import precision_on
 from ddbench.safeload import load_tensors
 
 FORMAT = 1  # bump when fine-tuning changes the weights a config produces (old caches are then not reused)
@@ -276,7 +277,8 @@ def finetune(model: DiT, images, keys, cond, cfg: dict, folder, key: dict, *, va
     total = total_steps(cfg, len(images))
     if cfg["precision"] not in ("bf16", "fp32"):
         raise ConfigError(f"minimax finetune.precision {cfg['precision']!r} is not bf16 or fp32")
-    end, amp = min(total, stop_at or total), cfg["precision"] == "bf16" and device.type == "cuda"
+    # precision_on: the value a set's identity hashes (ddbench.identity.resolved_precision)
+    end, amp = min(total, stop_at or total), precision_on(cfg["precision"], device) == "bf16"
     sums, count, t0 = torch.zeros(3, device=device), 0, time.perf_counter()
     steps = range(state.step, end)
     for _ in (track(steps, "minimax fine-tuning", len(steps)) if track else steps):

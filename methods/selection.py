@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from ddbench.identity import TEACHER_NUMERICS
 from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
 from ddbench.method import Context, Method
@@ -64,6 +65,7 @@ def per_class_indices(labels: torch.Tensor, num_classes: int, ipc: int) -> list[
 # ---------------------------------------------------------------------- adapters
 class _Selection(Method):
     """Shared distill(): pick indices per class, then copy those real images."""
+    numerics = ("ddbench.methods.selection", "ddbench.distilled")
 
     def select(self, ctx: Context, idx: torch.Tensor, ipc: int, gen: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
@@ -100,6 +102,7 @@ class FirstN(_Selection):
 
 class _FeatureSelection(_Selection):
     """Herding / k-center: greedy in the feature space of a network trained on the real train split."""
+    numerics = (*_Selection.numerics, "ddbench.features", *TEACHER_NUMERICS)
 
     defaults = {"feature_arch": "convnet3", "feature_recipe": {}}
     schema = {"feature_arch": "arch", "feature_recipe": RECIPE_RULES}  # the recipe keys of ddbench.teacher

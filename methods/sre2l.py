@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ddbench.identity import TEACHER_NUMERICS
 from ddbench.bnloss import BNStatsLoss
 from ddbench.distilled import DistilledSet
 from ddbench.method import Context, Method
@@ -188,6 +189,7 @@ def class_batches(n_ipc: int, k: int, batch_size: int) -> list[slice]:
 
 class SRe2L(Method):
     """Recover `ipc` images per class from noise with the teacher; soft labels from the same teacher."""
+    numerics = ("ddbench.methods.sre2l", "ddbench.bnloss", "ddbench.distilled", *TEACHER_NUMERICS)
 
     defaults = {
         "teacher_arch": None,  # None: convnet3_bn for embedded data, resnet18_tv for ImageNet data

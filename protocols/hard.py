@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import torch
 
+from ddbench.identity import TRAIN_NUMERICS
 from ddbench.augment import DSA_OPS, DSAugment, IDCAugment, Normalize, resize_center_crop, to_float, to_uint8
 from ddbench.errors import ConfigError, DataError
-from ddbench.protocol import PRECISIONS, EvalResult, Protocol, ResourceMeter, uses_bf16
+from ddbench.protocol import PRECISIONS, EvalResult, Protocol, ResourceMeter, resolved_precision
 from ddbench.schema import Section, choice
 from ddbench.ddp import maybe_wrap_ddp
 from ddbench.train import OPTIMIZER_RULES, SCHEDULE_RULES, CutMixCE
@@ -114,6 +115,7 @@ def aligned_labels(dset, spec) -> torch.Tensor:
 
 
 class HardLabelProtocol(Protocol):
+    numerics = ("ddbench.protocols.hard", *TRAIN_NUMERICS)
     family = "hard"
     defaults = {
         "arch": "convnet3", "resolution": None, "epochs": None, "epochs_by_ipc": None,
@@ -194,15 +196,17 @@ class HardLabelProtocol(Protocol):
                         for g in gens]
             test_tf = Normalize(spec.mean, spec.std)  # the test split is already Resize + CenterCrop at `size`
 
+            amp = resolved_precision(c, device) == "bf16"  # the value the record's identity hashes
+
             def eval_fn(models):
                 return evaluate_accuracies(models, test_x, test_y, test_tf, c["eval_batch_size"], device,
-                                           uses_bf16(c), c["channels_last"])
+                                           amp, c["channels_last"])
 
             loss = CutMixCE(c["cutmix_beta"], c["cutmix_p"]) if c["mix"] == "cutmix" else "ce"
             hists = train_classifiers(
                 nets, train_x, labels, epochs=plan["epochs"], batch_size=plan["batch_size"],
                 optimizer=plan["optimizer"], schedule=plan["schedule"], augments=augments, loss=loss,
-                eval_fn=eval_fn, eval_every=plan["eval_every"], generators=gens, device=device, amp=uses_bf16(c),
+                eval_fn=eval_fn, eval_every=plan["eval_every"], generators=gens, device=device, amp=amp,
                 channels_last=c["channels_last"], progress=progress, description=f"{self.name} {arch}")
         return [self._result(hist, plan, arch, size, len(labels), meter, len(seeds)) for hist in hists]
 

@@ -22,10 +22,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ddbench.identity import TEACHER_NUMERICS
 from ddbench.augment import center_crop, crop_resize, normalize, rrc_boxes, sample_beta, to_float
 from ddbench.config import config_hash
 from ddbench.errors import ConfigError, DataError
-from ddbench.protocol import PRECISIONS, EvalResult, Protocol, ResourceMeter, uses_bf16
+from ddbench.protocol import PRECISIONS, EvalResult, Protocol, ResourceMeter, resolved_precision, uses_bf16
 from ddbench.schema import choice, nullable
 from ddbench.teacher import RECIPE_RULES
 from ddbench.protocols.hard import aligned_labels, to_resolution
@@ -321,6 +322,7 @@ def soft_eval_epochs(epochs: int, every: int, offset: int, after: float | None) 
 
 
 class SoftLabelProtocol(Protocol):
+    numerics = ("ddbench.protocols.soft", "ddbench.protocols.hard", *TEACHER_NUMERICS)
     family = "soft"
     defaults = {
         "arch": None, "arch_by_kind": {"embedded": "convnet3_bn", "imagenet": "resnet18_tv", "imagefolder": "resnet18_tv"},
@@ -408,7 +410,8 @@ class SoftLabelProtocol(Protocol):
         cache = self.__dict__.setdefault("_teacher_acc", {})
         if key not in cache:
             cache[key] = evaluate_accuracy(teacher, test_x, test_y, lambda x: normalize(x, spec.mean, spec.std),
-                                           self.card["eval_batch_size"], device, uses_bf16(self.card))
+                                           self.card["eval_batch_size"], device,
+                                           resolved_precision(self.card, device) == "bf16")
         return cache[key]
 
     def evaluate(self, dset, spec, test, arch: str | None, seed: int, device) -> EvalResult:
@@ -429,6 +432,7 @@ class SoftLabelProtocol(Protocol):
             teacher, ident, info, cache = self.teacher(spec, device)
             # RDED trains its conv teacher-student pairs at the teacher's 128 px (argument.py)
             plan = self.plan(len(dset.images), spec, info["input_size"] if info["source"].startswith("rded") else None)
+            plan["amp"] = resolved_precision(self.card, device) == "bf16"  # the value the record's identity hashes
             images = dset.images.to(device)
             size = plan["aug"]["size"]
             test_x, test_y = self.test_images(test, spec, size, cache, device)
@@ -453,7 +457,8 @@ class SoftLabelProtocol(Protocol):
 
             def eval_fn(models):
                 return evaluate_accuracies(models, test_x, test_y, lambda x: normalize(x, spec.mean, spec.std),
-                                           self.card["eval_batch_size"], device, uses_bf16(self.card))
+                                           self.card["eval_batch_size"], device,
+                                           resolved_precision(self.card, device) == "bf16")
 
             curves = train_soft_many(students, images, teacher, plan, spec, gens, device, store=store,
                                      eval_fn=eval_fn, eval_epochs=plan["eval_epochs"], progress=progress)

@@ -180,9 +180,9 @@ def test_mgd3_key_changes_with_its_config_and_the_base_card(monkeypatch):
     import ddbench.method as method_module
 
     a, b = _load("mgd3"), _load("mgd3", {"scale": 0.2})
-    key = a.distill_key(10, 0)
-    assert key != b.distill_key(10, 0) and key == _load("mgd3").distill_key(10, 0)
+    key = a.distill_key(10, 0, {})
+    assert key != b.distill_key(10, 0, {}) and key == _load("mgd3").distill_key(10, 0, {})
     card = method_module.method_card
     edited = lambda name: card(name) | ({"version": 99} if name == "dit" else {})  # noqa: E731
     monkeypatch.setattr(method_module, "method_card", edited)
-    assert a.distill_key(10, 0) != key  # a changed `dit` card never reuses MGD³ sets made with the old one
+    assert a.distill_key(10, 0, {}) != key  # a changed `dit` card never reuses MGD³ sets made with the old one

@@ -55,7 +55,8 @@ def cmd_sweep(p: argparse.ArgumentParser):
         out = Path(args.out).resolve()
         store_path = Path(args.store).resolve() if args.store else out / "results.db"
         flags = {k: getattr(args, k) for k in PATH_ENV if getattr(args, k, None)}
-        plan = load_grid(args.grid, out=out, sets=parse_overrides(args.set), only=parse_only(args.only), flags=flags)
+        plan = load_grid(args.grid, out=out, sets=parse_overrides(args.set), only=parse_only(args.only), flags=flags,
+                         device=args.device)
         console = Console()
         if args.dry_run:
             with ResultStore(store_path) as store:

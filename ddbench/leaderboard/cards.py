@@ -10,7 +10,7 @@ import json
 from functools import lru_cache
 from typing import Any, Iterable, Mapping
 
-from ..config import leaves
+from ..config import config_hash, leaves
 from ..errors import ConfigError
 
 HASH_CHARS = 12
@@ -73,12 +73,34 @@ def by_variant(records: Iterable[Mapping], defaults) -> dict[tuple[str, str, str
     settings text naming what differs from the card `defaults(kind, name, dataset, version)` gives."""
     out: dict[tuple[str, str, str], list[Mapping]] = {}
     for r in records:
-        pvar = config_diff(r.get("protocol_config"), defaults("protocol", r["protocol"], r["dataset"],
-                                                              r.get("protocol_version")))
-        mvar = config_diff(r.get("method_config"), defaults("method", r["method"], r["dataset"],
-                                                            r.get("method_version")))
+        pvar = record_variant(r, "protocol", defaults)
+        mvar = record_variant(r, "method", defaults)
         out.setdefault((pvar, with_label_keys(mvar, r), r.get("config_hash") or NO_HASH), []).append(r)
     return out
+
+
+MODIFIED = "modified"  # a record whose config is not its card's, made with overrides it did not keep
+
+
+def record_variant(record: Mapping, kind: str, defaults) -> str:
+    """The `kind` ("method" | "protocol") settings of `record` that differ from its card's own ("" = none).
+
+    Against the current card when it is the card the record ran under (same version and, for records that
+    keep it, the same config hash: `extra.card_config_hash`); otherwise — the card has been bumped or edited —
+    from what the record kept when it was made: its config equals its card's own (hash) or it shows the
+    overrides it ran with (`extra.overrides`). Older records without these fields: the current-card diff."""
+    name = record["protocol"] if kind == "protocol" else record["method"]
+    config = record.get(f"{kind}_config")
+    reference = defaults(kind, name, record["dataset"], record.get(f"{kind}_version"))
+    extra = record.get("extra") or {}
+    own = (extra.get("card_config_hash") or {}).get(kind) if isinstance(extra, Mapping) else None
+    if own is None or (reference is not None and config_hash(reference) == own):
+        return config_diff(config, reference)
+    if config is not None and config_hash(config) == own:
+        return ""
+    over = (extra.get("overrides") or {}).get(kind) or {}
+    shown = [f"{k}={_show(v)}" for k, v in sorted(leaves(over)) if k.split(".")[0] not in IGNORED_KEYS]
+    return ", ".join(shown) or MODIFIED
 
 
 @lru_cache(maxsize=None)

@@ -113,6 +113,7 @@ def distill_cell(task: Task, log) -> dict:
     """Load the cached set of the cell or produce it (runner.distilled_set); returns what evaluations need."""
     from ..data import load_split
     from ..method import Context, load_method
+    from ..identity import set_inputs
     from ..runner import RunRequest, distilled_set, check_ipc, device_name, resolve_device
 
     cell, out = task.cell, Path(task.out)
@@ -134,7 +135,8 @@ def distill_cell(task: Task, log) -> dict:
     return {"path": str(dset.provenance["path"]), "sha256": dset.provenance.get("sha256") or dset.sha256(),
             "phases": phases, "method_version": method.version, "method_config": method.cfg,
             "method_kind": method.card.get("kind", ""), "images": len(dset),
-            "device": device_name(device)}
+            "device": device_name(device), "method": method.name, "method_overrides": cell.method_overrides,
+            "set_inputs": set_inputs(method, spec, device, task.options, cache_dir)}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -172,7 +174,7 @@ def evaluate_group(task: Task, log, sink: RecordSink) -> dict:
     from ..distilled import DistilledSet
     from ..protocol import load_protocol
     from ..cellhash import cell_config_hash
-    from ..runner import evaluate_cells, resolve_device
+    from ..runner import evaluate_cells, record_provenance, resolve_device
 
     group = task.cell if isinstance(task.cell, EvalGroup) else EvalGroup([task.cell])
     dist = task.distilled
@@ -183,8 +185,13 @@ def evaluate_group(task: Task, log, sink: RecordSink) -> dict:
     dset.provenance["path"] = dist["path"]
     test = load_split(spec, "test", cache_dir=cache_dir / "data")
     info = {"method_version": dist["method_version"], "method_config": dist["method_config"]}
-    # the hash as this worker sees the cell (its data, its weights files): the record says what was evaluated
-    chash = cell_config_hash({**info, "method_kind": dist.get("method_kind", "")}, protocol, spec, task.options)
+    # the hash as this worker sees the cell (its data, its weights files, its device): the record says what was
+    # evaluated; the set's inputs are those its distillation saw
+    full = {**info, "method_kind": dist.get("method_kind", ""), "set_inputs": dist.get("set_inputs")}
+    chash = cell_config_hash(full, protocol, spec, task.options, device)
     keys = [{**c.key(), "config_hash": chash} for c in group.cells]
-    evaluate_cells(dset, spec, protocol, keys, sink, test, device, info, dist["phases"], log)
+    provenance = record_provenance(dist.get("method", group.cells[0].label), spec.name, protocol,
+                                   dist.get("method_overrides"), group.protocol_overrides, dist.get("set_inputs"),
+                                   device)
+    evaluate_cells(dset, spec, protocol, keys, sink, test, device, info, dist["phases"], log, provenance=provenance)
     return {"records": sink.records}  # empty on a DDP rank other than 0 (ddp.spawn returns rank 0's value)

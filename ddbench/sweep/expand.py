@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
+import torch
+
 from ..config import canonical_json, config_hash, deep_merge
 from ..errors import ConfigError, DDBenchError
 from ..registry import suggest
@@ -123,8 +125,9 @@ def protocol_overrides(name: str, overrides: dict, sets: dict) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def expand(grid: dict, sets: dict, only: dict, options: dict | None = None) -> Plan:
-    """All cells of `grid` that pass `only`; distillation cells shared by every evaluation of the same set."""
+def expand(grid: dict, sets: dict, only: dict, options: dict | None = None, device: str = "auto") -> Plan:
+    """All cells of `grid` that pass `only`; distillation cells shared by every evaluation of the same set.
+    `device` (the sweep's --device) is where the precision of the set keys and config hashes is resolved."""
     from ..method import list_methods
     from ..protocol import list_protocols
 
@@ -142,7 +145,7 @@ def expand(grid: dict, sets: dict, only: dict, options: dict | None = None) -> P
                 check_named_keys(named or {}, known, f"{sub['where']}: {section}.{part}")
     for part, named in sets.items():
         check_named_keys(named, known, f"--set {part} (expected {part}.<name or '*'>.KEY=VALUE)")
-    plan, cache = Plan(grid["name"]), {}
+    plan, cache = Plan(grid["name"]), {"device": plan_device(device)}
     for sub in subs:
         expand_sub(plan, sub, sets, only, options, cache)
     return plan
@@ -182,12 +185,14 @@ def expand_sub(plan: Plan, sub: dict, sets: dict, only: dict, options: dict, cac
             except DDBenchError as e:
                 raise ConfigError(f"{where}: method {entry.label} on {dataset}: {e}") from None
             group = f"{entry.name}|{dataset}|{config_hash(method.cfg)}"
+            inputs = plan_inputs(method, dataset, options, cache)
             info = {"method_version": method.version, "method_config": method.cfg,
-                    "method_kind": method.card.get("kind", "")}
+                    "method_kind": method.card.get("kind", ""), "set_inputs": inputs}
             for ipc in ipcs:
                 for seed in seeds:
                     cell = DistillCell(f"{entry.label}/{dataset}/ipc{ipc}/seed{seed}", entry.name, entry.label,
-                                       dataset, ipc, seed, m_over, method.distill_key(ipc, seed), group, res)
+                                       dataset, ipc, seed, m_over, method.distill_key(ipc, seed, inputs or {}),
+                                       group, res)
                     cell = add_distill(plan, cell, where)
                     add_evals(plan, cell, sub, kind, sets, only, cache, info, options)
 
@@ -218,11 +223,44 @@ def default_arch(protocol, dataset: str, kind: str) -> str | None:
         return None
 
 
+def plan_device(name: str):
+    """The device a sweep's cells run on, as the driver sees it: auto = CUDA when this machine has a GPU. (A
+    cluster whose driver has no GPU plans CPU precision for `auto`: its GPU workers then record another hash
+    and the next run evaluates those cells again; pass --device cuda there.)"""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device {name!r} is not a device; use auto, cpu or cuda") from None
+
+
+def plan_inputs(method, dataset: str, options: dict, cache: dict) -> dict | None:
+    """ddbench.identity.set_inputs of a method's sets on `dataset`, as the worker will compute them; None when
+    the dataset cannot be opened here."""
+    from ..identity import set_inputs
+
+    spec = plan_spec(dataset, options, cache)
+    if spec is None:
+        return None
+    key = ("inputs", method.name, dataset, config_hash(method.cfg))
+    if key not in cache:
+        cache[key] = set_inputs(method, spec, cache["device"], options, options.get("cache_dir"))
+    return cache[key]
+
+
 def cell_hash(info: dict, protocol, dataset: str, options: dict, cache: dict) -> str:
     """cellhash.cell_config_hash of a cell, as its worker will compute it; "" when the dataset cannot be opened
     here (its distillation then fails with the reason, and nothing in the store answers it)."""
-    from ..data import get_dataset
     from ..cellhash import cell_config_hash
+
+    spec = plan_spec(dataset, options, cache)
+    return "" if spec is None else cell_config_hash(info, protocol, spec, options, cache["device"])
+
+
+def plan_spec(dataset: str, options: dict, cache: dict):
+    """The dataset spec (cached per expansion); None when it cannot be opened here."""
+    from ..data import get_dataset
 
     if ("spec", dataset) not in cache:
         try:
@@ -230,8 +268,7 @@ def cell_hash(info: dict, protocol, dataset: str, options: dict, cache: dict) ->
                                                    data_root=options.get("data_root"))
         except DDBenchError:
             cache[("spec", dataset)] = None
-    spec = cache[("spec", dataset)]
-    return "" if spec is None else cell_config_hash(info, protocol, spec, options)
+    return cache[("spec", dataset)]
 
 
 def add_evals(plan: Plan, dcell: DistillCell, sub: dict, kind: str, sets: dict, only: dict, cache: dict,
@@ -272,10 +309,10 @@ def add_evals(plan: Plan, dcell: DistillCell, sub: dict, kind: str, sets: dict, 
 
 
 def load_grid(path, *, out: Path = Path("runs"), sets: dict | None = None, only: dict | None = None,
-              flags: dict | None = None) -> Plan:
+              flags: dict | None = None, device: str = "auto") -> Plan:
     """Read and expand a grid file into a Plan (every name and override checked; nothing runs)."""
     grid = read_grid(path)
     options = resolve_paths(grid, flags, out)
-    plan = expand(grid, sets or {}, only or {}, options)
+    plan = expand(grid, sets or {}, only or {}, options, device)
     plan.options = options
     return plan

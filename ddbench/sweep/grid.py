@@ -47,7 +47,7 @@ class DistillCell:
     ipc: int
     seed: int
     method_overrides: dict    # over the method card (grid overrides, the entry's config, --set)
-    key: str                  # method.distill_key(ipc, seed): names the folder of the set
+    key: str                  # method.distill_key(ipc, seed, inputs) as planned: names the folder of the set
     group: str                # cells that share method.prepare() (same method, dataset and config)
     resources: dict           # {"gpus": float, "cpus": float}
 
