@@ -161,5 +161,7 @@ class WholeSplit(Method):
                 "timings": {"distill": time.perf_counter() - t0}}
         return DistilledSet(train.images.clone(), train.labels.clone(), ctx.spec.classes, prov)
 
-    def distill_key(self, ipc: int, seed: int) -> str:
-        return super().distill_key(0, 0)
+    numerics = ("ddbench.methods.selection", "ddbench.distilled")
+
+    def distill_key(self, ipc: int, seed: int, inputs: dict) -> str:
+        return super().distill_key(0, 0, inputs)

@@ -188,7 +188,7 @@ def _save_dit(path, seed: int) -> None:
     torch.save(dit.state_dict(), path)
 
 
-def test_another_dit_file_of_the_same_name_and_size_distils_and_evaluates_anew(tmp_path, nette):
+def test_another_dit_file_of_the_same_name_and_size_distils_and_evaluates_anew(allow_nonstandard_subset, tmp_path, nette):
     from diffusers import AutoencoderKL
 
     AutoencoderKL(block_out_channels=(8, 8), down_block_types=("DownEncoderBlock2D",) * 2,
