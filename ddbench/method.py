@@ -61,6 +61,12 @@ class Method:
     def distill(self, ctx: Context, ipc: int, seed: int):
         raise NotImplementedError
 
+    @classmethod
+    def resolve(cls, cfg: dict, dataset: str) -> dict:
+        """The resolved config, completed with what the card names but does not hold (e.g. the identity of a
+        shipped network), so that the config hash covers it. Default: unchanged."""
+        return cfg
+
     def distill_key(self, ipc: int, seed: int) -> str:
         """Identifies the distilled set: a changed config, card version or seed gives a new set."""
         return config_hash({"method": self.name, "version": self.version, "cfg": self.cfg, "ipc": ipc, "seed": seed})
@@ -106,7 +112,7 @@ def resolve_method_config(name: str, dataset: str, overrides: dict | None = None
             cfg = deep_merge(cfg, per_dataset[key])
     if overrides:
         cfg = apply_overrides(cfg, overrides, where=f"method {name}")
-    return card, cfg
+    return card, cls.resolve(cfg, dataset)
 
 
 def load_method(name: str, dataset: str, overrides: dict | None = None) -> Method:
