@@ -22,20 +22,20 @@ timed() {  # timed NAME CMD... : runs CMD with an empty cache and run folder; pr
   local name=$1; shift
   rm -rf "$work/cache" "$work/out"
   DDBENCH_CACHE="$work/cache" /usr/bin/time -f "%e %U %S" -o "$work/$name.time" "$@" --out "$work/out" \
-    > "$work/$name.log" 2>&1 || { cat "$work/$name.log"; exit 1; }
+    > "$work/$name.log" 2>&1 || { cat "$work/$name.log" >&2; kill $$; }
   awk '{printf "%.1f %.1f\n", $1, $2 + $3}' "$work/$name.time"
 }
 
-scale() { $ddbench run --method random --dataset digits --ipc 10 --eval-seeds 0 --set-metrics off --set "$scale_set"; }
-main_job() { $ddbench run --method random --dataset digits --ipc 10 --eval-seeds 0,1,2; }
+scale=($ddbench run --method random --dataset digits --ipc 10 --eval-seeds 0 --set-metrics off --set "$scale_set")
+main_job=($ddbench run --method random --dataset digits --ipc 10 --eval-seeds 0,1,2)
 ratio() { python3 -c "print(f'{$1 / (($2 + $3) / 2):.2f}')"; }
 
-read -r s_wall s_cpu < <(timed scale0 scale)
+read -r s_wall s_cpu < <(timed scale0 "${scale[@]}")
 echo "scale (one 300-epoch dc evaluation, 32 px): wall ${s_wall} s, cpu ${s_cpu} s  (load $(cut -d' ' -f1-3 /proc/loadavg))"
 for r in $(seq 1 "$rounds"); do
-  read -r m_wall m_cpu < <(timed main$r main_job)
+  read -r m_wall m_cpu < <(timed main$r "${main_job[@]}")
   echo "main job, cold: wall ${m_wall} s, cpu ${m_cpu} s  (load $(cut -d' ' -f1-3 /proc/loadavg))"
-  read -r t_wall t_cpu < <(timed scale$r scale)
+  read -r t_wall t_cpu < <(timed scale$r "${scale[@]}")
   echo "scale (one 300-epoch dc evaluation, 32 px): wall ${t_wall} s, cpu ${t_cpu} s  (load $(cut -d' ' -f1-3 /proc/loadavg))"
   echo "round $r: main / scale = $(ratio "$m_wall" "$s_wall" "$t_wall") (wall), $(ratio "$m_cpu" "$s_cpu" "$t_cpu") (cpu)"
   grep -E "in [0-9.]+s|acc" "$work/main$r.log" | tail -n 8 | sed 's/^/    /'
