@@ -60,7 +60,7 @@ Metric: acc_last = test accuracy (%) after the last training epoch: the honest n
 Cells: mean ± half-width of its 95% confidence interval (Student t, n − 1 dof) (n = runs = distillation seeds × evaluation seeds), then the rank in the row: #k; cells not significantly worse than the best of the rest share its rank (Welch's t-test, one-sided, p ≥ 0.05); n<3 = too few runs to rank; bold = rank 1.  
 Δ vs random: the best non-random method's mean minus random's, ± its 95% Welch interval; same protocol, network and IPC.  
 Protocol card: dc v1 (hard), card hash {card_hash}; no overrides.  
-Method cards @ config hash: random v1 @{random}, herding v3 @{herding}, kcenter v3 @{kcenter}; @rec-… = a hash derived on import from the card versions and configs of records of older code (made without one): they group by card versions as before.
+Method cards @ config hash: random v1 @{random}, herding v4 @{herding}, kcenter v4 @{kcenter}; @rec-… = a hash derived on import from the card versions and configs of records of older code (made without one): they group by card versions as before.
 
 | IPC | arch | random | herding | kcenter | Δ vs random |
 |---:|---|---|---|---|---|
@@ -142,7 +142,7 @@ def test_numbers_made_with_overrides_are_never_shown_as_the_cards(store_dir):
 def test_two_card_versions_get_two_columns(store_dir):
     recs = stored(store_dir, protocol_version="1") + [record("herding", 1, "convnet3", 0, 35.0, mversion="1")]
     (table,) = lb.build_tables(recs)
-    assert [c for c, _ in table.columns] == ["random", "herding v1", "herding v3", "kcenter"]
+    assert [c for c, _ in table.columns] == ["random", "herding v1", "herding v4", "kcenter"]
     diff, label = table.rows[0].gain("random")
     assert (diff.value, diff.half_width, label) == (14.0, None, "herding v1")  # n = 1: no interval
 
@@ -169,10 +169,10 @@ def test_csv_is_long_form_with_gain(store_dir):
     rows = render.render_csv(lb.build_tables(stored(store_dir, protocol_version="1"))).splitlines()
     assert rows[0].startswith("dataset,protocol,protocol_version,family,metric,ipc,arch,method")
     kcenter = derived_config_hash(next(r for r in RECORDS if r["method"] == "kcenter"))
-    assert f"digits,dc,1,hard,acc_last,10,convnet3,kcenter,3,{kcenter},measured,85.5,0.0,1,,,3.5,,False" in rows
+    assert f"digits,dc,1,hard,acc_last,10,convnet3,kcenter,4,{kcenter},measured,85.5,0.0,1,,,3.5,,False" in rows
     # herding 83 ± 2 (3) vs random 82 ± 2 (3): t(2)·2/√3 = 4.968; Welch se √(4/3 + 4/3), 4 dof: 2.776·1.633 = 4.534
     (herding,) = [r for r in rows if ",10,convnet3,herding," in r]
-    assert herding.startswith("digits,dc,1,hard,acc_last,10,convnet3,herding,3,rec-") and \
+    assert herding.startswith("digits,dc,1,hard,acc_last,10,convnet3,herding,4,rec-") and \
         ",measured,83.0,2.0,3,4.96827542" in herding
     assert ",1,1.0,4.5339158" in herding and herding.endswith(",True")
     assert len(rows) == 1 + 6
