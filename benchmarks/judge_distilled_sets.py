@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 
 from ddbench.data import get_dataset, load_split
-from ddbench.diffusion.generator import JUDGE_ARCH, JUDGE_RECIPES
 from ddbench.distilled import DistilledSet
 from ddbench.method import default_cache_dir
-from ddbench.teacher import predict, teacher_for
+from ddbench.features import feature_network
+from ddbench.teacher import predict
 
 
 def main() -> None:
@@ -27,7 +27,7 @@ def main() -> None:
     args = p.parse_args()
     spec, cache = get_dataset(args.dataset), Path(default_cache_dir())
     train = load_split(spec, "train", cache_dir=cache / "data")
-    judge = teacher_for(spec, JUDGE_ARCH, "cpu", cache, train, cfg=JUDGE_RECIPES.get(spec.name, {"epochs": 10}))
+    judge = feature_network(spec, "cpu", cache, train)  # the generator judge = the dataset's feature network
     k = len(spec.classes)
     for folder in args.sets:
         dset = DistilledSet.load(Path(folder))

@@ -92,6 +92,12 @@ class Method:
         resolved precision or numerics code gives a new set."""
         return config_hash(self.set_identity(ipc, seed, inputs))
 
+    @classmethod
+    def resolve(cls, cfg: dict, dataset: str) -> dict:
+        """The resolved config, completed with what the card names but does not hold (e.g. the identity of a
+        shipped network), so that the config hash covers it. Default: unchanged."""
+        return cfg
+
 
 # ---------------------------------------------------------------------- cards and registry
 def _methods_dir() -> Path:
@@ -136,7 +142,7 @@ def resolve_method_config(name: str, dataset: str, overrides: dict | None = None
         cfg = apply_overrides(deep_merge(cfg, {}), overrides, where=f"method {name}")
     validate(cfg, cls.schema, where=f"method {name}", overridden=overrides, card=card_cfg)
     cls.check_config(cfg)
-    return card, cfg
+    return card, cls.resolve(cfg, dataset)
 
 
 def load_method(name: str, dataset: str, overrides: dict | None = None) -> Method:

@@ -16,8 +16,8 @@ error that k-means / k-center minimise): 0 when the set contains every real imag
 from the real data alone (median pairwise distance), so every set of a dataset is scored with one kernel.
 
 Feature spaces ("auto" picks the first for embedded data, the second otherwise): "convnet3": penultimate
-features of a ConvNet-3 trained on the real training set (`ddbench.teacher.teacher_for`, the generator judge's
-recipe); "resnetap10": the 512-d pooled features of a ResNetAP-10 trained on it (IDC's herding space);
+features of the dataset's feature network, a ConvNet-3 trained on the real training set (`ddbench.features`:
+shipped for digits and fashion, shared with herding, k-center and the generator judge); "resnetap10": the 512-d pooled features of a ResNetAP-10 trained on it (IDC's herding space);
 "pixels": the images themselves in [0, 1], area-downsampled to at most 32×32 (no training, fully fixed).
 """
 from __future__ import annotations
@@ -166,15 +166,25 @@ def resolve_space(spec, space: str) -> str:
 
 
 def feature_recipe(spec, space: str) -> dict | None:
-    """Training recipe of a network space. ConvNet-3: the generator judge's (`ddbench.diffusion.generator`),
-    so one cached network per dataset both judges generators and measures distilled sets."""
+    """Training recipe of a network space. ConvNet-3: the dataset's feature network (`ddbench.features`), so
+    one network per dataset measures distilled sets, selects herding / k-center sets and judges generators."""
     if space == "pixels":
         return None
     if space == "convnet3":
-        from .diffusion.generator import JUDGE_RECIPES
+        from .features import dataset_recipe
 
-        return dict(JUDGE_RECIPES.get(spec.name, {"epochs": 10}))
+        return dataset_recipe(spec.name)
     return dict(SPACE_RECIPES[space])
+
+
+def space_network(spec, space: str) -> dict | None:
+    """What a record says about the network of a space: ConvNet-3's identity (recipe, card version, sha256 of
+    the shipped weights); the recipe for the others (trained here, deterministic on CPU); None for pixels."""
+    if space == "convnet3":
+        from .features import feature_identity
+
+        return feature_identity(spec.name)
+    return None if space == "pixels" else {"arch": space, "recipe": feature_recipe(spec, space)}
 
 
 def embed_images(images: torch.Tensor, real_split, spec, space: str, device,
@@ -182,14 +192,18 @@ def embed_images(images: torch.Tensor, real_split, spec, space: str, device,
     """(distilled features, real features) in a resolved `space`; real features are cached for networks."""
     if space == "pixels":
         return pixel_features(images), pixel_features(real_split.images)
-    from .features import embed, real_features
+    from .features import SHARED, embed, feature_network, real_features
     from .method import Context
     from .teacher import teacher_for
 
-    recipe = feature_recipe(spec, space)
     ctx = Context(spec, torch.device(device), cache_dir, lambda: real_split, progress)  # bar of the network's training
-    real = real_features(ctx, space, recipe)  # the network is trained once and cached, as are these features
-    net = teacher_for(spec, space, ctx.device, cache_dir, real_split, cfg=recipe)
+    if space == "convnet3":  # the dataset's feature network: shipped, or trained once and cached
+        real = real_features(ctx, space, SHARED)
+        net = feature_network(spec, ctx.device, cache_dir, real_split)
+    else:
+        recipe = feature_recipe(spec, space)
+        real = real_features(ctx, space, recipe)  # the network is trained once and cached, as are these features
+        net = teacher_for(spec, space, ctx.device, cache_dir, real_split, cfg=recipe)
     return embed(net, images, spec, ctx.device), real
 
 
@@ -206,6 +220,7 @@ def set_metrics(dset, spec, real_split, device, cache_dir, space: str = "auto", 
     out = metrics_from_features(syn, dset.labels, real, real_split.labels, len(spec.classes))
     out["space"] = space
     out["space_recipe"] = feature_recipe(spec, space)  # what trained the feature network (None: pixels)
+    out["space_network"] = space_network(spec, space)  # ... and, for shipped weights, their sha256
     out["knn"] = KNN
     return out
 
@@ -244,24 +259,28 @@ def recorded_set_metrics(dset, folder, spec, train, device, cache_dir, space: st
     if path.exists():
         try:
             data = json.loads(path.read_text())
-            if data.get("sha256") == sha and data.get("space") == space:
-                return _for_record(space, data["overall"])
+            if data.get("sha256") == sha and data.get("space") == space \
+                    and data.get("space_network") == space_network(spec, space):  # a re-made network: again
+                return _for_record(space, data["overall"], data["space_network"])
         except (OSError, ValueError, KeyError):
             pass  # unreadable or stale: computed again below
     m = set_metrics(dset, spec, train(), device, cache_dir, space=space, progress=progress)
-    data = {"sha256": sha, "space": space, "space_recipe": m["space_recipe"], "knn": m["knn"],
+    data = {"sha256": sha, "space": space, "space_recipe": m["space_recipe"], "space_network": m["space_network"],
+            "knn": m["knn"],
             "overall": m["overall"], "per_class": m["per_class"]}
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=1, default=_json_number))
     os.replace(tmp, path)
     log(f"set metrics ({space}): " + "  ".join(f"{k} {v:.4f}" for k, v in m["overall"].items()
                                                 if isinstance(v, float) and not math.isnan(v)))
-    return _for_record(space, m["overall"])
+    return _for_record(space, m["overall"], m["space_network"])
 
 
-def _for_record(space: str, overall: dict) -> dict:
-    """Plain JSON for a result record: an undefined value (diversity at IPC 1 is NaN) becomes null."""
-    return {"space": space, **{k: None if v is None or math.isnan(v) else float(v) for k, v in overall.items()}}
+def _for_record(space: str, overall: dict, network: dict | None) -> dict:
+    """Plain JSON for a result record: an undefined value (diversity at IPC 1 is NaN) becomes null; the sha256
+    of shipped feature-network weights is kept (which network measured the set)."""
+    return {"space": space, "network_sha256": (network or {}).get("sha256"),
+            **{k: None if v is None or math.isnan(v) else float(v) for k, v in overall.items()}}
 
 
 def _json_number(v):

@@ -463,6 +463,8 @@ def distilled_set(method, ctx, req, spec, seed, out, prepared, log):
         try:
             dset = DistilledSet.load(folder)
             check_class_order(dset.classes, spec, f"cached set {folder}")  # made under another class list
+            if spec.kind == "embedded" and dset.images.shape[-1] != spec.resolution:  # e.g. 32-px digits of old
+                raise DataError(f"its images are {dset.images.shape[-1]} px, {spec.name} is {spec.resolution} px now")
             stale = identity_diff(dset.provenance.get("identity"), identity)
             if stale:
                 raise DataError(f"it was made from other inputs ({stale})")

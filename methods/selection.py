@@ -5,7 +5,8 @@
   (protocol-facts §2.1) — deterministic, kept under its own name so the two are never confused.
 - `herding` / `kcenter`: greedy per class in the feature space of a network trained on the real training
   set (dc-protocol "coreset baselines"; IDC's herding uses ResNetAP-10 on ImageNet subsets, §4.6). The
-  network is trained once per (dataset, arch, recipe) and cached. k-center's first centre is the image
+  network is trained once per (dataset, arch, recipe) and cached; `feature_recipe: shared` (the embedded
+  datasets) is the dataset's feature network (`ddbench.features`), shipped for digits and fashion. k-center's first centre is the image
   nearest the class mean (`first_centre: mean`, = herding's first pick), or a seeded random one (`random`).
 """
 from __future__ import annotations
@@ -107,6 +108,18 @@ class _FeatureSelection(_Selection):
     defaults = {"feature_arch": "convnet3", "feature_recipe": {}}
     schema = {"feature_arch": "arch", "feature_recipe": RECIPE_RULES}  # the recipe keys of ddbench.teacher
 
+    @classmethod
+    def resolve(cls, cfg: dict, dataset: str) -> dict:
+        """`feature_recipe: shared` (the dataset's feature network) carries that network's identity: its
+        recipe and the sha256 of its shipped weights are part of the set's key and the cell's hash."""
+        from ddbench.features import SHARED, feature_identity
+
+        recipe = cfg.get("feature_recipe")
+        if recipe == SHARED:
+            return {**cfg, "feature_network": feature_identity(dataset.split(":")[0])}
+        check_recipe(recipe)
+        return cfg
+
     def features(self, ctx: Context) -> torch.Tensor:
         from ddbench.features import real_features
 
@@ -115,6 +128,23 @@ class _FeatureSelection(_Selection):
     def distill(self, ctx, ipc, seed):
         self._feats = self.features(ctx)
         return super().distill(ctx, ipc, seed)
+
+
+def check_recipe(recipe) -> None:
+    """A recipe of its own (`--set feature_recipe.epochs=5`) is checked before anything runs: its keys are the
+    teacher recipe's (`ddbench.teacher.RECIPES`; the ones left out keep those defaults), its values fit them."""
+    from ddbench.config import check_value
+    from ddbench.teacher import RECIPES
+
+    if not isinstance(recipe, dict):
+        raise ConfigError(f"feature_recipe is {recipe!r}; expected 'shared' (the dataset's feature network) or "
+                          "a recipe, e.g. --set feature_recipe='{epochs: 10, batch_size: 256, lr: 0.01}'")
+    known = RECIPES["embedded"]
+    for k, v in recipe.items():
+        if k not in known:
+            raise ConfigError(f"--set feature_recipe.{k}=...: a feature recipe has no key {k!r}; "
+                              f"known keys: {', '.join(sorted(known))}")
+        check_value(f"feature_recipe.{k}", v, known[k])
 
 
 class Herding(_FeatureSelection):

@@ -10,7 +10,7 @@ from PIL import Image
 
 import ddbench.data.images as images_mod
 from ddbench.data import DATASETS, decode_ids, describe_dataset, get_dataset, list_files, load_split
-from ddbench.data.embedded import DIGITS_MEAN, DIGITS_STD, FASHION_DEFAULT_ROOT
+from ddbench.data.embedded import DIGITS_MEAN, DIGITS_SIZE, DIGITS_STD, FASHION_DEFAULT_ROOT
 from ddbench.data.spec import read_class_list
 from ddbench.errors import ConfigError, DataError
 
@@ -44,7 +44,7 @@ def test_registry_names():
 
 def test_describe_every_dataset_without_data():
     rows = {name: describe_dataset(name) for name in DATASETS}
-    assert rows["imagenet100"][1:3] == ("100", "256 (test 224)") and rows["digits"][1:3] == ("10", "32")
+    assert rows["imagenet100"][1:3] == ("100", "256 (test 224)") and rows["digits"][1:3] == ("10", "16")
     assert "DDBENCH_IMAGENET_ROOT" in rows["woof"][3] and "DDBENCH_MNIST_ROOT" in rows["mnist"][3]
 
 
@@ -74,7 +74,7 @@ def test_digits_split_and_constants(tmp_path):
     spec = get_dataset("digits")
     train = load_split(spec, "train", cache_dir=tmp_path)
     test = load_split(spec, "test", cache_dir=tmp_path)
-    assert train.images.shape == (1352, 1, 32, 32) and test.images.shape == (445, 1, 32, 32)
+    assert train.images.shape == (1352, 1, 16, 16) and test.images.shape == (445, 1, 16, 16)
     assert train.images.dtype == torch.uint8 and train.labels.dtype == torch.int64
     assert set(train.labels.tolist()) == set(range(10)) and set(test.labels.tolist()) == set(range(10))
     assert not set(train.ids) & set(test.ids)
@@ -226,7 +226,7 @@ def test_cache_hit_and_invalidation(allow_nonstandard_subset, imagenet_root, tmp
 def test_embedded_cache_hit_and_default_dir(tmp_path, monkeypatch):
     spec = get_dataset("digits")
     first = load_split(spec, "test")  # default cache dir: $DDBENCH_CACHE/data
-    assert len(list((tmp_path / "default-cache" / "data").glob("digits-test-32px-*.pt"))) == 1
+    assert len(list((tmp_path / "default-cache" / "data").glob(f"digits-test-{DIGITS_SIZE}px-*.pt"))) == 1
     monkeypatch.setattr("ddbench.data.cache.decode_ids", lambda *a, **k: pytest.fail("decoded on a cache hit"))
     assert torch.equal(load_split(spec, "test").images, first.images)
 

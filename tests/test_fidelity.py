@@ -226,15 +226,18 @@ def test_kcenter_starts_at_the_image_nearest_the_class_mean():
         selection.first_centre(feats, "median", g)
 
 
-def test_herding_and_kcenter_select_in_a_convnet_trained_on_the_whole_training_set():
+def test_herding_and_kcenter_select_in_the_datasets_feature_network():
+    from ddbench.features import feature_identity
     from ddbench.method import load_method, resolve_method_config
 
     for name in ("herding", "kcenter"):
         card, cfg = resolve_method_config(name, "fashion")
-        assert card["version"] >= 3 and cfg["feature_arch"] == "convnet3"
-        assert cfg["feature_recipe"]["subset"] is None  # v2: a 10k subset, 6 epochs (the generator judge's)
-        v2 = {"feature_recipe": {"epochs": 6, "batch_size": 128, "lr": 0.01, "subset": 10000}}
-        assert load_method(name, "fashion", v2).cfg["feature_recipe"]["subset"] == 10000  # still selectable
+        assert card["version"] >= 4 and cfg["feature_arch"] == "convnet3"
+        assert cfg["feature_recipe"] == "shared" and cfg["feature_network"] == feature_identity("fashion")
+        assert cfg["feature_network"]["recipe"]["subset"] == 10000  # v4 = v2's network: 6 epochs on a 10k subset
+        v3 = {"feature_recipe": {"epochs": 10, "batch_size": 256, "lr": 0.01, "subset": None}}  # the DC rule
+        assert load_method(name, "fashion", v3).cfg["feature_recipe"]["subset"] is None  # still selectable
+        assert "feature_network" not in load_method(name, "fashion", v3).cfg
 
 
 def test_mgd3_does_not_flip_the_embedded_data():

@@ -60,15 +60,15 @@ EXPECTED_TABLE = """\
 
 | rank | method | test accuracy (%) | sets × evaluations | Δ vs random | set | stored labels | teacher | total | distill s | eval s / model |
 |---:|---|---|---|---|---|---|---|---|---|---|
-| – | kcenter v3 | 85.50 | 1 set × 1 | – | – | hard | none | – | 1.0 | 3.0 |
-| 1 | herding v3 | 83.00 ± 4.97 | 3 × 1 | +1.00 ± 4.53 | – | hard | none | – | 51.0 | 3.0 |
+| – | kcenter v4 | 85.50 | 1 set × 1 | – | – | hard | none | – | 1.0 | 3.0 |
+| 1 | herding v4 | 83.00 ± 4.97 | 3 × 1 | +1.00 ± 4.53 | – | hard | none | – | 51.0 | 3.0 |
 | 1 | random v1 | 82.00 ± 4.97 | 3 × 1 | – | – | hard | none | – | 1.0 | 3.0 |
 
 <details><summary>provenance</summary>
 
 - Protocol card dc v1 (hard), resolved-card hash {card_hash}; the card's own settings.
-- kcenter v3: method card v3, config hash {kcenter}.
-- herding v3: method card v3, config hash {herding}.
+- kcenter v4: method card v4, config hash {kcenter}.
+- herding v4: method card v4, config hash {herding}.
 - random v1: method card v1, config hash {random}.
 
 </details>
@@ -117,7 +117,7 @@ def test_markdown_matches_the_pinned_layout(store_dir):
 def test_best_metric_is_labelled_and_uses_acc_best(store_dir):
     text = page(lb.build_tables(stored(store_dir, protocol="dc"), metric="best"))
     assert "best test accuracy (%) over the evaluation points" in text and "paper-compatible" in text
-    assert "| – | herding v3 | 31.00 ± 0.00 | 2 × 1 | +9.00 ± 12.71 |" in text
+    assert "| – | herding v4 | 31.00 ± 0.00 | 2 × 1 | +9.00 ± 12.71 |" in text
 
 
 def test_reported_numbers_are_rows_never_ranked(store_dir):
@@ -141,7 +141,7 @@ def test_numbers_made_with_overrides_are_never_shown_as_the_cards(store_dir):
         record("random", 1, "convnet3", 3, 11.0, protocol_set={"epochs": 5})]
     tables = [t for t in lb.build_tables(recs) if (t.ipc, t.arch) == (1, "convnet3")]
     assert [t.variant for t in tables] == ["", "epochs=5"]
-    assert [r.label for r in tables[0].rows] == ["herding v3 [epochs=5]", "herding v3", "random v1"]
+    assert [r.label for r in tables[0].rows] == ["herding v4 [epochs=5]", "herding v4", "random v1"]
     assert tables[1].badges == ["smoke scale", "card modified", "CPU"]
     assert render.changes_line(tables) == "Protocol settings changed from the cards (badge `card modified`): dc: epochs=5."
     assert [r.mean for r in tables[1].rows] == [11.0]  # not averaged into the card's 21.00
@@ -162,7 +162,7 @@ def test_an_older_method_version_goes_to_the_archive_with_the_references(store_d
     recs = stored(store_dir, protocol_version="1") + [record("herding", 1, "convnet3", 0, 35.0, mversion="1")]
     tables = [t for t in lb.build_tables(recs) if (t.ipc, t.arch) == (1, "convnet3")]
     assert [(t.current, [r.label for r in t.rows]) for t in tables] == \
-        [(True, ["herding v3", "random v1"]), (False, ["herding v1", "random v1"])]
+        [(True, ["herding v4", "random v1"]), (False, ["herding v1", "random v1"])]
     assert tables[1].rows[0].gain is None  # one set: never used for Δ
 
 
@@ -189,7 +189,7 @@ def test_csv_is_long_form_with_gain(store_dir):
     assert rows[0].startswith("dataset,protocol,protocol_version,family,metric,ipc,arch,method,method_version,kind")
     # herding 83 ± 2 over 3 sets vs random 82 ± 2: t(2)·2/√3 = 4.968; Welch se √(4/3 + 4/3), 4 dof: 2.776·1.633 = 4.534
     (herding,) = [r for r in rows if ",10,convnet3,herding," in r]
-    assert ",method,herding v3,True,rec-" in herding and ",83.0,2.0,3,3,4.96827542" in herding
+    assert ",method,herding v4,True,rec-" in herding and ",83.0,2.0,3,3,4.96827542" in herding
     assert ",1,1.0,4.5339158" in herding
     assert len(rows) == 1 + 6
 

@@ -246,7 +246,7 @@ def test_the_tiny_method_distills_ipc_images_per_class_and_reuses_its_finetuning
     mtime = finals[0].stat().st_mtime_ns
     dset = method.distill(ctx, ipc=3, seed=0)
     assert torch.bincount(dset.labels, minlength=10).tolist() == [3] * 10
-    assert dset.images.shape == (30, 1, 32, 32) and dset.images.dtype == torch.uint8
+    assert dset.images.shape == (30, 1, 16, 16) and dset.images.dtype == torch.uint8
     assert dset.provenance["generator"]["kind"] == "minimax"
     assert method.distill(ctx, ipc=3, seed=0).sha256() == dset.sha256()
     again = load_method("minimax", "digits", method_card("minimax")["tiny"])  # a fresh process would do this

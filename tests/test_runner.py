@@ -51,6 +51,21 @@ def test_same_seed_same_hash_and_a_new_eval_seed_reuses_the_set(tmp_path):
     assert other[0]["distilled_sha256"] != first[0]["distilled_sha256"]
 
 
+def test_a_set_cached_at_another_resolution_is_distilled_again(tmp_path):
+    """A run folder from before digits moved to 16 px holds 32-px sets under the same key: never reused."""
+    from ddbench.distilled import DistilledSet
+    from ddbench.data.images import resize_tensor
+
+    first = run(_req(tmp_path, eval_seeds=[0]), log=lambda *_: None)
+    folder = Path(first[0]["distilled_path"])
+    old = DistilledSet.load(folder)
+    DistilledSet(resize_tensor(old.images, 32), old.labels, old.classes, old.provenance).save(folder)
+    logs = []
+    again = run(_req(tmp_path, eval_seeds=[1]), log=logs.append)
+    assert any("(its images are 32 px, digits is 16 px now); distilling again" in line for line in logs)
+    assert again[0]["distilled_sha256"] == first[0]["distilled_sha256"]  # the 16-px set, made anew
+
+
 def test_a_changed_set_value_is_evaluated_anew_and_the_old_record_stays(tmp_path, capsys):
     one = run(_req(tmp_path, eval_seeds=[0], protocol_overrides={"epochs": 1}), log=lambda *_: None)
     logs = []

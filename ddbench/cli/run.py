@@ -1,4 +1,5 @@
-"""The commands that make and store results: run, evaluate, list, export, import, teacher (importing registers them)."""
+"""The commands that make and store results: run, evaluate, list, export, import, teacher, features (importing registers
+them)."""
 from __future__ import annotations
 
 import argparse
@@ -34,6 +35,35 @@ def cmd_teacher(p: argparse.ArgumentParser):
         train = load_split(spec, "train", cache_dir=cache / "data")
         teacher_for(spec, args.arch, device, cache, train, cfg=recipe or None)
         print(f"teacher {args.arch} for {spec.name} is trained and cached under {cache}")
+    return handler
+
+
+@command("features", "train the dataset's feature network (herding, k-center, set metrics, generator judge)")
+def cmd_features(p: argparse.ArgumentParser):
+    p.add_argument("action", choices=["train"])
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--ship", action="store_true",
+                   help="copy it into the package (ddbench/data/weights/) and record its sha256 in SHA256SUMS")
+    add_data_options(p)
+
+    def handler(args):
+        from ..data import get_dataset, load_split
+        from ..features import dataset_recipe, feature_card, ship
+        from ..method import default_cache_dir
+        from ..progress import progress_bar
+        from ..runner import resolve_device
+        from ..teacher import teacher_for
+
+        opts = options_of(args)
+        spec = get_dataset(args.dataset, imagenet_root=opts.get("imagenet_root"), data_root=opts.get("data_root"))
+        cache = Path(opts.get("cache_dir") or default_cache_dir())
+        train = load_split(spec, "train", cache_dir=cache / "data")
+        arch, recipe = feature_card()["arch"], dataset_recipe(spec.name)
+        with progress_bar() as progress:  # trained from the card's recipe even when weights ship: --ship remakes them
+            teacher_for(spec, arch, resolve_device(args.device), cache, train, cfg=recipe, progress=progress)
+        print(f"feature network {arch} {recipe} for {spec.name} is trained and cached under {cache}")
+        if args.ship:
+            print(f"shipped as {ship(spec, cache)} (sha256 in SHA256SUMS beside it)")
     return handler
 
 

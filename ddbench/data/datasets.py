@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from ..registry import Registry
-from .embedded import FASHION_DEFAULT_ROOT, decode_embedded, list_embedded
+from .embedded import DIGITS_SIZE, FASHION_DEFAULT_ROOT, decode_embedded, list_embedded
 from .folders import (IMAGEFOLDER_RESOLUTION, IMAGENET_RESOLUTION, IMAGENET_TEST_RESOLUTION, decode_folder,
                       list_folder)  # fmt: skip
 from .spec import DatasetSpec, check_resolution, check_split, read_class_list
@@ -27,7 +27,7 @@ DATASETS.register("imagefolder", "ddbench.data.folders:imagefolder_spec")  # use
 
 _IMAGENET_SOURCE = "ImageNet train / val (--imagenet-root, DDBENCH_IMAGENET_ROOT)"
 _SOURCES = {  # name -> (classes, resolution, source) for `ddbench list datasets`; reads no data
-    "digits": ("10", "32", "scikit-learn load_digits (always available)"),
+    "digits": ("10", str(DIGITS_SIZE), "scikit-learn load_digits, 8×8 upsampled (always available)"),
     "fashion": ("10", "28", f"IDX files (--data-root, DDBENCH_FASHION_ROOT, default {FASHION_DEFAULT_ROOT})"),
     "mnist": ("10", "28", "IDX files (--data-root, DDBENCH_MNIST_ROOT)"),
     "imagefolder": ("train/ folders", str(IMAGEFOLDER_RESOLUTION), "imagefolder:<path>: train/, test/ (or val/)"),

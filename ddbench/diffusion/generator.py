@@ -189,11 +189,7 @@ def trained_generator_path(ctx, gen: str | dict = "cpu", log=None) -> Path:
 # Quality: a classifier trained on the real training pool judges the samples
 # ---------------------------------------------------------------------------------------------------------
 
-JUDGE_ARCH = "convnet3"
-# Teacher recipes of the judge (ddbench.teacher keys). Fashion: a 10k-image subset keeps it CPU-sized.
-JUDGE_RECIPES = {"digits": {"epochs": 30, "batch_size": 128, "lr": 0.01},
-                 "fashion": {"epochs": 6, "batch_size": 128, "lr": 0.01, "subset": 10000},
-                 "mnist": {"epochs": 6, "batch_size": 128, "lr": 0.01, "subset": 10000}}
+JUDGE_ARCH = "convnet3"  # the judge is the dataset's feature network (ddbench.features, data/weights/features.yaml)
 
 
 def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -217,12 +213,15 @@ def generator_quality(gen: Generator, spec, train, test, *, n_per_class: int = 1
     the judge assigns to their class), fd (Fréchet distance to the real test images in the judge's
     penultimate features) and fd_real (the same for as many real training images: the floor at this n).
     """
-    from ddbench.features import embed
+    from ddbench.features import dataset_recipe, embed, feature_network
     from ddbench.method import default_cache_dir
     from ddbench.teacher import predict, teacher_for
 
-    recipe = judge_recipe if judge_recipe is not None else JUDGE_RECIPES.get(spec.name, {"epochs": 10})
-    net = teacher_for(spec, JUDGE_ARCH, gen.device, Path(cache_dir or default_cache_dir()), train, cfg=recipe)
+    cache = Path(cache_dir or default_cache_dir())
+    if judge_recipe is None:  # the dataset's feature network: shipped, or trained once and cached
+        recipe, net = dataset_recipe(spec.name), feature_network(spec, gen.device, cache, train)
+    else:
+        recipe, net = judge_recipe, teacher_for(spec, JUDGE_ARCH, gen.device, cache, train, cfg=judge_recipe)
     judge_acc = (predict(net, test.images, spec, gen.device).argmax(1) == test.labels).float().mean().item()
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(len(spec.classes)).repeat_interleave(n_per_class)

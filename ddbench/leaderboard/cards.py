@@ -21,6 +21,9 @@ NO_HASH = ""   # records of older code carry no config_hash: they form one group
 # are never shown as the card's: their protocol settings name a table of their own, their method settings a
 # column of their own.
 IGNORED_KEYS = {"name", "description", "citation"}  # text that cannot move a number
+# Filled in by a method's `resolve` from other settings (herding's `feature_network` follows `feature_recipe:
+# shared`): a record without it was made with another setting, which the diff shows; a differing value is shown.
+DERIVED_KEYS = {"feature_network"}
 
 
 @lru_cache(maxsize=None)
@@ -60,7 +63,8 @@ def config_diff(config: Mapping | None, reference: Mapping | None) -> str:
     expanded = {k.rsplit(".", 1)[0] for k in a if "." in k}  # null in the card, a mapping here: show its leaves
     keys = sorted(k for k in set(a) | set(b)
                   if k.split(".")[0] not in IGNORED_KEYS and a.get(k, _UNSET) != b.get(k, _UNSET)
-                  and not (k not in a and any(e == k or e.startswith(k + ".") for e in expanded)))
+                  and not (k not in a and any(e == k or e.startswith(k + ".") for e in expanded))
+                  and not (k not in a and k.split(".")[0] in DERIVED_KEYS))
     return ", ".join(f"{k}={_show(a.get(k, _UNSET))}" for k in keys)
 
 
