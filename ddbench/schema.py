@@ -18,7 +18,8 @@ Rules are short strings (combine alternatives with `|`, end with `?` to also all
     list[RULE]  tuple[RULE, RULE]          a list of any length / of exactly these entries
     int>=1 | choice[all]   dict?           alternatives; nullable
 
-A nested mapping of known keys is a dict of rules; `Section(rules, nullable=True)` also allows null.
+A nested mapping of known keys is a dict of rules; `Section(rules, nullable=True)` also allows null,
+`Section(rules, instead="choice[shared]")` a value of that rule in place of the mapping.
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class Section:
 
     rules: Mapping
     nullable: bool = False
+    instead: str | None = None  # a rule a value may meet instead of being the mapping (e.g. `choice[shared]`)
 
 
 def nullable(rules):
@@ -190,9 +192,12 @@ def errors(cfg: Mapping, rules: Mapping, prefix: str = "") -> list[tuple[str, An
         section = rule if isinstance(rule, Section) else Section(rule)
         if value is None and section.nullable:
             continue
+        if section.instead is not None and not isinstance(value, Mapping) and check_rule(section.instead, value):
+            continue
         if not isinstance(value, Mapping):
             keys = ", ".join(sorted(section.rules))
-            out.append((name, value, f"a mapping of {keys}" + (", or null" if section.nullable else "")))
+            out.append((name, value, f"a mapping of {keys}" + (", or null" if section.nullable else "")
+                        + (f", or {describe(section.instead)}" if section.instead else "")))
             continue
         out += errors(value, section.rules, f"{name}.")
     return out

@@ -95,9 +95,9 @@ def test_herding_kcenter_and_the_set_metrics_share_the_network_and_its_identity(
     assert m["network_sha256"] == sha and not (cache / "teachers").exists()
 
     info = {"method_version": herding.version, "method_config": herding.cfg, "method_kind": "selection"}
-    before = cell_config_hash(info, load_protocol("dc"), spec, {})
+    before = cell_config_hash(info, load_protocol("dc"), spec, {}, torch.device("cpu"))
     (own_weights_dir / "SHA256SUMS").write_text(f"{'0' * 64}  digits-convnet3.pt\n")  # a re-made network
     again = load_method("herding", "digits")
     info = {**info, "method_config": again.cfg}
-    assert cell_config_hash(info, load_protocol("dc"), spec, {}) != before
-    assert again.distill_key(2, 0) != herding.distill_key(2, 0)
+    assert cell_config_hash(info, load_protocol("dc"), spec, {}, torch.device("cpu")) != before
+    assert again.distill_key(2, 0, {}) != herding.distill_key(2, 0, {})
