@@ -37,7 +37,7 @@ def record_budget(dset, protocol, spec, device) -> dict:
     """The `extra["budget"]` fields of every record of one evaluated set under one protocol."""
     out = {"set_bytes": set_bytes(dset.provenance["path"]) if dset.provenance.get("path") else None}
     if protocol.card.get("family") == "soft" and hasattr(protocol, "teacher"):
-        teacher, _, _ = protocol.teacher(spec, device)  # loaded from the cache the evaluation just filled
+        teacher = protocol.teacher(spec, device)[0]  # loaded from the cache the evaluation just filled
         size = network_size(teacher)
         out.update(teacher_params=size["params"], teacher_bytes=size["bytes"])
     return out
