@@ -34,8 +34,8 @@ REHEARSAL = [
     ("dit", 1, ["steps=4"]),
     ("mgd3", 1, ["sampling.steps=4"]),  # t_stop 25/50 -> index > 2 of 4: one guided step
     ("minimax", 1, ["steps=4", "finetune.steps=2"]),
-    ("igd", 1, ["sampling.steps=4", "surrogate.epochs=2", "checkpoints=[0,1,2]", "grad_ipc=3", "grad_chunk=3",
-                "low=1", "high=3"]),  # guided at respaced indices 1-3 of 4
+    ("igd", 1, ["sampling.steps=4", "surrogate.epochs=1", "checkpoints=[0,1]", "grad_ipc=3", "grad_chunk=3",
+                "low=3", "high=3"]),  # guided at the noisiest of 4 respaced steps, through 2 trajectory checkpoints
     ("acs", 2, ["sampling.steps=4", "schedule=[1,1]", "disc.epochs=1"]),
     ("sre2l", 1, ["teacher_recipe={epochs: 1}", "iterations=2"]),
     ("cudd", 1, ["teacher_recipe={epochs: 1}", "iterations=2", "student_epochs=1"]),
