@@ -99,6 +99,8 @@ def main(argv=None) -> list[dict]:
                    choices=[m for m, _, _ in REHEARSAL], help="methods to run, in this order")
     p.add_argument("--timeout-min", type=float, default=25.0, help="cap per method, minutes")
     args = p.parse_args(argv)
+    os.environ.setdefault("DDBENCH_NO_PROGRESS", "1")
+    os.environ.setdefault("DDBENCH_SET_METRICS", "off")  # as the GPU rehearsal: no feature network per method
     args.out.mkdir(parents=True, exist_ok=True)
     weights = ensure_tree(args.out / "rehearsal", sys.executable)
     table = {m: (ipc, over) for m, ipc, over in REHEARSAL}
