@@ -84,8 +84,8 @@ def rehearsal(tmp_path_factory):
 
 @pytest.mark.parametrize("method", ["dit", "mgd3", "minimax", "igd", "acs", "sre2l", "cudd"])
 def test_rehearsal_command_records_a_result(rehearsal, method, monkeypatch, capsys):
-    """One rehearsal command through the command line: exit 0 and a stored record of nette at 224 px that says
-    its data are not the ILSVRC-2012 counts."""
+    """One rehearsal command through the command line: exit 0 and a stored nette record with an accuracy, which
+    says its data are not ILSVRC-2012's counts; the soft-label methods scored under fkd."""
     module, weights, out = rehearsal
     monkeypatch.setenv(ALLOW_ENV, "0")  # the gate stays closed unless the command's own flag opens it
     ipc, overrides = next((i, o) for m, i, o in module.REHEARSAL if m == method)
