@@ -53,7 +53,8 @@ def command(method: str, ipc: int, overrides: list[str], out: Path, weights: dic
     `weights`: {"dit": path, "vae": path, "imagenet_root": path}. The tree holds a few images per class, not
     ILSVRC-2012's 732-1300 / 50, so the run opens the count gate explicitly (every record then says so)."""
     args = ["run", "--method", method, "--dataset", "nette", "--ipc", str(ipc), "--out", str(out),
-            "--dit", str(weights["dit"]), "--vae", str(weights["vae"]), "--imagenet-root", str(weights["imagenet_root"]),
+            "--dit", str(weights["dit"]), "--vae", str(weights["vae"]),
+            "--imagenet-root", str(weights["imagenet_root"]),
             "--device", device, "--allow-nonstandard-subset"]
     if method in SOFT_LABEL:
         args += ["--protocol", "fkd"]
@@ -109,7 +110,8 @@ def main(argv=None) -> list[dict]:
         ipc, over = table[method]
         cli = [sys.executable, "-m", "ddbench.cli"] + command(method, ipc, over, args.out / "runs", weights)
         print(f"[{time.strftime('%H:%M:%S')}] {method} at IPC {ipc}", file=sys.stderr, flush=True)
-        row = {"method": method, "dataset": "nette", "ipc": ipc, "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        row = {"method": method, "dataset": "nette", "ipc": ipc, "started": started}
         row |= run_capped(cli, args.timeout_min * 60, args.out / f"{method}.log")
         with open(args.out / "cpu.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")

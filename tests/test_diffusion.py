@@ -321,8 +321,9 @@ def test_vae_load_prints_no_accelerate_advice(tmp_path, monkeypatch, capfd):
 
     monkeypatch.setattr(modeling_utils, "is_accelerate_available", lambda: False)  # as where it is not installed
     monkeypatch.setattr(diffusers.utils, "is_accelerate_available", lambda: False)
-    AutoencoderKL(block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
-                  latent_channels=4, norm_num_groups=4, sample_size=8).save_pretrained(tmp_path / "vae")
+    AutoencoderKL(block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
+                  up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=4,
+                  sample_size=8).save_pretrained(tmp_path / "vae")
     seen = []
     handler = logging.Handler()
     handler.emit = lambda record: seen.append(record.getMessage())
