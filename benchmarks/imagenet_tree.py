@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -91,7 +92,7 @@ def write_weights(out: Path, seed: int = 0) -> dict:
 def check(out: Path, device: str = "cpu") -> dict:
     """Read everything back as the methods do: both DiT formats (one forward each, compared), the VAE (one
     decode), and the `nette` train pool (which holds the greyscale and the CMYK file)."""
-    from ddbench.data import get_dataset, load_split
+    from ddbench.data import load_split
     from ddbench.diffusion import load_dit, load_vae
 
     t0 = time.perf_counter()
@@ -101,11 +102,28 @@ def check(out: Path, device: str = "cpu") -> dict:
         a = load_dit(out / "DiT-XL-2-256x256.pt", device)(x, t, y.to(device))
         b = load_dit(out / "DiT-XL-2-256-diffusers", device)(x, t, y.to(device))
         image = load_vae(out / "sd-vae-ft-mse", device).decode(x[:, :4] * 0.1)
-    spec = get_dataset("nette", imagenet_root=str(out / "imagenet"))
+    spec = nonstandard_nette(out / "imagenet")
     pool = load_split(spec, "train", cache_dir=out / "cache")
     return {"dit_formats_max_abs_diff": float((a - b).abs().max()), "dit_output": list(a.shape),
             "vae_decode": list(image.shape), "nette_train": list(pool.images.shape),
-            "seconds": round(time.perf_counter() - t0, 1)}
+            "nonstandard_subset": spec.nonstandard, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def nonstandard_nette(root: Path):
+    """`nette` read from this tree with the ILSVRC-2012 count gate open, as --allow-nonstandard-subset opens it
+    for the runs: the tree holds a few images per class by design, and the spec says so (spec.nonstandard)."""
+    from ddbench.data import get_dataset
+    from ddbench.data.gates import ALLOW_ENV
+
+    before = os.environ.get(ALLOW_ENV)
+    os.environ[ALLOW_ENV] = "1"
+    try:
+        return get_dataset("nette", imagenet_root=str(root))
+    finally:
+        if before is None:
+            del os.environ[ALLOW_ENV]
+        else:
+            os.environ[ALLOW_ENV] = before
 
 
 def main(argv=None) -> dict:

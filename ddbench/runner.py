@@ -432,7 +432,7 @@ def evaluate_folder(path: Path, dataset: str, name: str | None, protocol_name: s
     cache_dir = Path(options.get("cache_dir") or default_cache_dir())
     protocol.options = {"cache_dir": str(cache_dir), "teacher": options.get("teacher")}
     test = load_split(spec, "test", cache_dir=cache_dir / "data")
-    method = name or f"external:{Path(path).resolve().name}"
+    method = name or set_name(dset, path)
     keys = [dict(method=method, dataset=spec.name, ipc=dset.ipc, seed=0, protocol=protocol_name, arch=a, eval_seed=e,
                  config_hash=cell_hash) for a in archs for e in eval_seeds]
     with ResultStore(Path(out) / "results.db") as store:
@@ -443,6 +443,16 @@ def evaluate_folder(path: Path, dataset: str, name: str | None, protocol_name: s
         provenance = record_provenance(method, spec.name, protocol, {}, protocol_overrides, None, dev)
         return done + evaluate_cells(dset, spec, protocol, todo, store, test, dev, info, phases, log, replace=rerun,
                                      models_at_once=options.get("models_at_once"), provenance=provenance)
+
+
+def set_name(dset: DistilledSet, path: Path) -> str:
+    """The method name an evaluated set is filed under without --name: from its manifest's provenance when it
+    has one ('mgd3-v3-seed0': method, card version, seed), else 'external:<folder name>'. Never a bare card
+    name: a set scored from a folder is not a `ddbench run` cell of that card, and its leaderboard row says so."""
+    prov = dset.provenance
+    if prov.get("method") and prov.get("version") is not None and prov.get("seed") is not None:
+        return f"{prov['method']}-v{prov['version']}-seed{prov['seed']}"
+    return f"external:{Path(path).resolve().name}"
 
 
 def distilled_folder(out: Path, method: str, dataset: str, ipc: int, seed: int, key: str) -> Path:

@@ -310,6 +310,34 @@ def test_tiny_vae_roundtrip_shapes(tmp_path):
     assert vae.decode(z, batch_size=1).shape == (2, 3, 16, 16)
 
 
+def test_vae_load_prints_no_accelerate_advice(tmp_path, monkeypatch, capfd):
+    """Without `accelerate`, diffusers' default loading prints a multi-line install advice at every VAE load;
+    load_vae asks for the plain loading then, so a run's output stays clean."""
+    import logging
+
+    import diffusers.models.modeling_utils as modeling_utils
+    import diffusers.utils
+    from diffusers import AutoencoderKL
+
+    monkeypatch.setattr(modeling_utils, "is_accelerate_available", lambda: False)  # as where it is not installed
+    monkeypatch.setattr(diffusers.utils, "is_accelerate_available", lambda: False)
+    AutoencoderKL(block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",),
+                  up_block_types=("UpDecoderBlock2D",), latent_channels=4, norm_num_groups=4,
+                  sample_size=8).save_pretrained(tmp_path / "vae")
+    seen = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    logging.getLogger("diffusers").addHandler(handler)
+    try:
+        vae = load_vae(tmp_path / "vae")
+    finally:
+        logging.getLogger("diffusers").removeHandler(handler)
+    out, err = capfd.readouterr()
+    assert vae.encode(torch.zeros(1, 3, 8, 8)).shape == (1, 4, 8, 8)
+    assert not [m for m in seen if "accelerate" in m], seen
+    assert "accelerate" not in out + err
+
+
 def test_imagenet_label():
     assert imagenet_label("n01440764") == 0 and imagenet_label("n15075141") == 999
     with pytest.raises(DataError, match="did you mean"):

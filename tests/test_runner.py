@@ -217,3 +217,21 @@ def test_cli_run_prints_a_summary_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "random" in out and "digits" in out and "(n=2)" in out
+
+
+def test_evaluate_names_a_set_from_its_manifest(tmp_path, capsys):
+    """`ddbench evaluate` of a ddbench set, without --name, files it as <method>-v<card version>-seed<seed> (its
+    manifest's provenance); a plain ImageFolder copy of the same images, without a manifest, as external:<folder>."""
+    made = run(_req(tmp_path, seeds=[3], eval_seeds=[0]), log=lambda *_: None)[0]
+    folder = Path(made["distilled_path"])
+    common = ["--dataset", "digits", "--protocol", "dc", "--arch", "convnet3", "--set", "protocol.epochs=1",
+              "--device", "cpu", "--out", str(tmp_path / "scored")]
+    assert main(["evaluate", str(folder)] + common) == 0
+    plain = tmp_path / "plain-copy"
+    for png in folder.rglob("*.png"):
+        (plain / png.parent.name).mkdir(parents=True, exist_ok=True)
+        (plain / png.parent.name / png.name).write_bytes(png.read_bytes())
+    assert main(["evaluate", str(plain)] + common) == 0
+    with ResultStore(tmp_path / "scored" / "results.db") as store:
+        names = {r["method"] for r in store.query()}
+    assert names == {f"random-v{made['method_version']}-seed3", "external:plain-copy"}

@@ -119,7 +119,9 @@ def _ipc_of(method: str, ipc: int | None) -> int:
 def cmd_evaluate(p: argparse.ArgumentParser):
     p.add_argument("path")
     p.add_argument("--dataset", required=True)
-    p.add_argument("--name", default=None, help="method name to record (default: external:<folder name>)")
+    p.add_argument("--name", default=None,
+                   help="method name to record (default: from the set's manifest, e.g. mgd3-v3-seed0; a folder "
+                        "without one: external:<folder name>)")
     p.add_argument("--protocol", default=None)
     p.add_argument("--arch", nargs="+", default=None)
     p.add_argument("--eval-seeds", type=int_list, default=[0])

@@ -115,9 +115,15 @@ def load_vae(path=None, device="cpu", dtype=torch.float32) -> VAE:
                         "of e.g. stabilityai/sd-vae-ft-mse saved with save_pretrained")
     check_pickled_weights(Path(folder), "VAE weights")
     from diffusers import AutoencoderKL
+    from diffusers.utils import is_accelerate_available
 
+    # Low-memory loading (no random init before the weights) needs `accelerate`; diffusers' default asks for it
+    # and, without it, prints a multi-line install advice at every load. Asked explicitly: the same weights,
+    # loaded the fast way when accelerate is installed, quietly the plain way when it is not.
+    low_memory = is_accelerate_available()
     try:
-        model = AutoencoderKL.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype)
+        model = AutoencoderKL.from_pretrained(str(folder), local_files_only=True, torch_dtype=dtype,
+                                              low_cpu_mem_usage=low_memory)
     except Exception as e:  # noqa: BLE001 - any failure means an unusable folder
         raise DataError(f"cannot load the AutoencoderKL in {folder}: {type(e).__name__}: {e}") from e
     return VAE(model.to(device))
