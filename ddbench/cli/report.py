@@ -64,7 +64,9 @@ def cmd_leaderboard(p: argparse.ArgumentParser):
     p.add_argument("--reported", action="store_true", help="add the papers' numbers from the method cards")
     p.add_argument("--output", default=None, help="write to FILE instead of stdout")
     p.add_argument("--set-metrics", action="store_true",
-                   help="md: also a table per dataset of the distilled sets' diversity / coverage / MMD² (docs/metrics.md)")
+                   help="also a table per dataset of the distilled sets' diversity / coverage / MMD² (docs/metrics.md)")
+    p.add_argument("--figures", nargs="+", default=[], metavar="PNG",
+                   help="md/html: link these figures (`ddbench plot` output) from the page, relative to --output")
     p.add_argument("--budget", action="store_true",
                    help="md/html: also a budget table per table: bytes the student needs, accuracy per MB, seconds")
     p.add_argument("--reproduction", action="store_true",
@@ -73,7 +75,7 @@ def cmd_leaderboard(p: argparse.ArgumentParser):
 
     def handler(args):
         from ..leaderboard import build_tables, load_reported
-        from ..leaderboard.render import RENDERERS, html_page, html_sections
+        from ..leaderboard.render import RENDERERS
         from ..leaderboard.sets import render_set_metrics
 
         records = load_records(args)
@@ -91,22 +93,36 @@ def cmd_leaderboard(p: argparse.ArgumentParser):
         if not tables:
             raise ConfigError("no results match these filters; nothing to tabulate (check --out/--jsonl, "
                               "--dataset and --protocol)")
-        if args.set_metrics and args.format != "md":
-            raise ConfigError("--set-metrics is written as markdown only; drop it or use --format md")
-        if args.format == "html" and args.budget:
-            from ..leaderboard.budget import budget_html_sections
+        if (args.set_metrics or args.figures) and args.format == "csv":
+            raise ConfigError("--set-metrics and --figures are written as md or html; use --format md or html")
+        figures = _figures(args, records)
+        if args.format == "html":
+            from ..leaderboard.pages import leaderboard_page
 
-            text = html_page(html_sections(tables) + budget_html_sections(records, metric), command)
-        else:
-            text = RENDERERS[args.format](tables, command=command)
+            write_text(leaderboard_page(tables, records, command, args.budget, args.set_metrics, metric, figures),
+                       args.output)
+            return
+        text = RENDERERS[args.format](tables, command=command)
         if args.budget and args.format == "md":
             from ..leaderboard.budget import render_budget_markdown
 
             text += "\n" + render_budget_markdown(records, metric)
         if args.set_metrics:
             text += "\n" + render_set_metrics(records)
+        if figures:
+            text += "\n## Figures\n\n" + "\n".join(f"- [{f.caption}]({f.src})" for f in figures) + "\n"
         write_text(text, args.output)
     return handler
+
+
+def _figures(args, records) -> list:
+    """--figures as page links (relative to --output); a missing file is an error, not a broken link."""
+    from ..leaderboard.pages import figures_for
+
+    missing = [f for f in args.figures if not Path(f).is_file()]
+    if missing:
+        raise ConfigError(f"--figures: no file {missing[0]}; write the figures first (`ddbench plot --output …`)")
+    return figures_for(args.figures, args.output, {r["dataset"] for r in records})
 
 
 def _reproduction(records, args, command: str) -> str:
@@ -140,6 +156,8 @@ def _leaderboard_command(args) -> str:
             parts.append("--" + flag.replace("_", "-"))
     if args.format != "md":
         parts.append(f"--format {args.format}")
+    if getattr(args, "figures", None):
+        parts.append(f"--figures {' '.join(args.figures)}")
     return " ".join(parts)
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 
 from .. import stats
 from .tables import DASH, METRICS, arch_order, column_labels, method_order, variant_summary
-from .render import FAMILIES, html_table, markdown_table
+from .render import FAMILIES, markdown_table
 
 HEADER = ["IPC", "arch", "method", "accuracy (%)", "set", "labels", "teacher", "total", "acc / MB",
           "distill s", "eval s / model", "device"]
@@ -138,19 +138,3 @@ def render_budget_markdown(records: Iterable[Mapping], metric: str = "last") -> 
         parts.append("\n".join(body) + "\n")
     return "\n".join(parts)
 
-
-def budget_html_sections(records: Iterable[Mapping], metric: str = "last") -> list[str]:
-    import html
-
-    out = []
-    for key, lines in budget_rows(records, metric).items():
-        sort = [[x["ipc"], x["arch"], x["label"], x["acc"].mean, _num(x["set_bytes"]), _num(x["label_bytes"]),
-                 _num(x["teacher_bytes"]), _num(x["total_bytes"]), _num(x["acc_per_mb"]), _num(x["distill_s"]),
-                 _num(x["eval_s"]), x["device"]] for x in lines]
-        out += [f"<h2>{html.escape(_title(key))}</h2>", f"<p>{html.escape(NOTE)}</p>",
-                html_table(HEADER, [line_texts(x) for x in lines], sort)]
-    return out
-
-
-def _num(v) -> float:
-    return float("nan") if v is None else float(v)
