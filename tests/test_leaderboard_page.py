@@ -1,0 +1,151 @@
+"""The HTML leaderboard page (`ddbench.leaderboard.html`): its markup, and its behaviour in a real headless
+Chromium (filter, keyboard sorting, no page overflow at 1280 px and on a phone). No training."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from browser import Browser, chromium_path
+from ddbench import leaderboard as lb
+from ddbench.errors import ConfigError
+from ddbench.leaderboard.html import Figure, Section, page
+from ddbench.leaderboard.pages import leaderboard_page, method_links
+
+
+def rec(method, acc, seed, *, dataset="digits", ipc=10, protocol="dc", family="hard"):
+    return {"method": method, "dataset": dataset, "ipc": ipc, "seed": seed, "protocol": protocol, "arch": "convnet3",
+            "eval_seed": 0, "acc_last": acc, "acc_best": acc, "method_version": "1", "protocol_version": "1",
+            "protocol_config": {"family": family, "epochs": 5}, "method_config": {},
+            "distilled_sha256": f"{method}{dataset}{ipc}{seed}", "device": "cpu (2 threads)",
+            "timings": {"prepare": 1.0, "distill": 2.0, "evaluate": 3.0}, "extra": {}}
+
+
+def records():
+    """digits (hard labels, IPC 1 and 10 in one table) and fashion (soft labels, IPC 10): two tables."""
+    out = []
+    for m, base in (("random", 60.0), ("herding", 70.0), ("kcenter", 65.0), ("mgd3", 68.0)):
+        for ipc in (1, 10):
+            out += [rec(m, base + ipc + s, s, ipc=ipc) for s in range(3)]
+        out += [rec(m, base - 5 + s, s, dataset="fashion", protocol="rded", family="soft") for s in range(3)]
+    return out
+
+
+def wide_section() -> Section:
+    """16 method columns: wider than 1280 px, so it must scroll inside its own box."""
+    head = ["method"] + [f"a rather long column name {i}" for i in range(16)]
+    rows = [[f"m{r}"] + [f"{50 + r + i / 10:.2f} ± 1.00 (3 sets)" for i in range(16)] for r in range(4)]
+    values = [[f"m{r}"] + [50 + r + i / 10 for i in range(16)] for r in range(4)]
+    return Section(id="wide", title="a wide table", head=head, rows=rows, sort_values=values, dataset="digits",
+                   ipc=10, labels="hard", badges=["smoke scale: CPU"], notes=["a note"], part="Wide")
+
+
+def build_page(tmp_path):
+    tables = lb.build_tables(records(), defaults=lambda *a: None)
+    text = leaderboard_page(tables, records(), "ddbench leaderboard --test")
+    path = tmp_path / "page.html"
+    path.write_text(text)
+    wide = tmp_path / "wide.html"
+    wide.write_text(page("wide", {}, {}, [wide_section()]))
+    return path, wide
+
+
+# ---------------------------------------------------------------------- markup
+def test_page_escapes_links_and_fetches_nothing():
+    s = Section(id="t1", title="<b>x</b>", head=["method", "acc"], rows=[["mgd3", "\0" + "90.00 <1>" + "\1"]],
+                sort_values=[["mgd3", 90.0]], links={"mgd3": list(method_links("mgd3"))},
+                details_html="<p>card @abc</p>", notes=["n < 3"])
+    text = page("t", {"command": "ddbench x"}, {"Δ": "a & b"}, [s], figures=[Figure("fig", "figures/a.png")])
+    assert "&lt;b&gt;x&lt;/b&gt;" in text and "<strong>90.00 &lt;1&gt;</strong>" in text and "n &lt; 3" in text
+    assert '<a href="../docs/mgd3.md">mgd3</a>' in text and 'href="https://arxiv.org/abs/2505.18963"' in text
+    assert "<details><summary>provenance" in text and '<img src="figures/a.png"' in text
+    # one offline file: no external script, stylesheet, font or image
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=\"(https?:)?//", text) and "@import" not in text
+    assert text.count('<button type="button"') == 2 and 'data-type="number"' in text
+
+
+def test_page_refuses_duplicate_ids_and_ragged_rows():
+    s = Section(id="a", title="a", head=["x", "y"], rows=[["1", "2"]])
+    with pytest.raises(ConfigError, match="used twice"):
+        page("t", {}, {}, [s, s])
+    with pytest.raises(ConfigError, match="one cell per header"):
+        page("t", {}, {}, [Section(id="b", title="b", head=["x"], rows=[["1", "2"]])])
+
+
+# ---------------------------------------------------------------------- in a browser
+needs_chromium = pytest.mark.skipif(chromium_path() is None,
+                                    reason="chromium is not installed (Debian: apt-get install chromium)")
+
+VISIBLE = "[...document.querySelectorAll('section[data-section]')].filter(s => !s.hidden).map(s => s.id)"
+CONTENTS = "[...document.querySelectorAll('nav.contents li')].filter(li => !li.hidden).map(li => li.dataset.for)"
+
+
+def choose(b: Browser, name: str, value: str) -> None:
+    b.eval(f"(() => {{ const s = document.querySelector('.filter select[name={name}]'); s.value = '{value}';"
+           " s.dispatchEvent(new Event('change')); })()")
+
+
+@needs_chromium
+def test_filter_hides_sections_rows_and_contents(tmp_path):
+    path, _ = build_page(tmp_path)
+    with Browser(width=1280) as b:
+        b.open(path)
+        everything = b.eval(VISIBLE)
+        assert len(everything) == 2 and b.eval("document.querySelector('.filter output').value") == \
+            "showing 2 of 2 tables"
+        choose(b, "dataset", "fashion")
+        assert [x for x in b.eval(VISIBLE)] == [x for x in everything if x.startswith("fashion")]
+        assert b.eval(CONTENTS) == b.eval(VISIBLE)
+        choose(b, "dataset", "")
+        choose(b, "labels", "hard")
+        assert b.eval(VISIBLE) == [x for x in everything if x.startswith("digits")]
+        choose(b, "ipc", "1")  # digits spans IPC 1 and 10 in one table: only its IPC-1 row stays
+        rows = b.eval("[...document.querySelectorAll('section:not([hidden]) tbody tr')].filter(r => !r.hidden)"
+                      ".map(r => r.cells[0].textContent)")
+        assert rows == ["1 · convnet3"]
+        choose(b, "labels", "soft")  # fashion has no IPC-1 row: nothing left
+        assert b.eval(VISIBLE) == [] and b.eval("document.querySelector('.filter output').value") == \
+            "showing 0 of 2 tables"
+
+
+@needs_chromium
+def test_keyboard_sorting_orders_rows_and_sets_aria_sort(tmp_path):
+    _, wide = build_page(tmp_path)
+    column = "[...document.querySelectorAll('#wide tbody tr')].map(r => r.cells[3].dataset.v)"
+    with Browser(width=1280) as b:
+        b.open(wide)
+        before = b.eval(column)
+        b.eval("document.querySelectorAll('#wide thead th button')[3].focus()")
+        b.key("Enter")  # numbers: largest first
+        assert b.eval("document.querySelectorAll('#wide thead th')[3].getAttribute('aria-sort')") == "descending"
+        assert b.eval(column) == sorted(before, key=float, reverse=True) != before
+        b.key(" ")      # again, with Space: smallest first
+        assert b.eval("document.querySelectorAll('#wide thead th')[3].getAttribute('aria-sort')") == "ascending"
+        assert b.eval(column) == sorted(before, key=float)
+        assert b.eval("[...document.querySelectorAll('#wide thead th[aria-sort]')].length") == 1
+        b.eval("document.querySelectorAll('#wide thead th button')[0].focus()")
+        b.key("Enter")  # text: a to z
+        assert b.eval("[...document.querySelectorAll('#wide tbody th')].map(c => c.textContent)") == \
+            ["m0", "m1", "m2", "m3"]
+        assert b.eval("document.querySelectorAll('#wide thead th')[3].hasAttribute('aria-sort')") is False
+
+
+OVERFLOW = """(() => {
+  const page = document.documentElement.scrollWidth - window.innerWidth;
+  const boxes = [...document.querySelectorAll('.scroll')].map(d => [d.getBoundingClientRect().right,
+                                                                   d.scrollWidth > d.clientWidth]);
+  return [page, boxes, window.innerWidth];
+})()"""
+
+
+@needs_chromium
+@pytest.mark.parametrize("width", [1280, 390])
+def test_no_table_overflows_the_page(tmp_path, width):
+    path, wide = build_page(tmp_path)
+    with Browser(width=width, mobile=width < 700) as b:
+        for p in (path, wide):
+            b.open(p)
+            page_overflow, boxes, inner = b.eval(OVERFLOW)
+            assert page_overflow <= 0, f"{p.name} scrolls sideways by {page_overflow} px at {width} px"
+            assert boxes and all(right <= inner for right, _ in boxes)
+        assert boxes[0][1] is True  # the wide table scrolls inside its own box
