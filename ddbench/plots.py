@@ -202,7 +202,7 @@ def _figures(df: pd.DataFrame, output, what: str, draw: Callable) -> list[tuple[
             draw(ax, part[part["arch"] == arch], styles)
             ax.set_title(f"evaluated on {arch}", fontsize="medium")
             ax.grid(alpha=0.3)
-        handles = [Line2D([], [], color=c, marker=m, markersize=7, linestyle="--" if c == REFERENCE else "-",
+        handles = [Line2D([], [], color=c, marker=m, markersize=7, linestyle="none",
                           label=textwrap.fill(lb + (" (reference)" if c == REFERENCE else ""), 30))
                    for lb, (c, m) in styles.items()]
         if (part["n_sets"] == 1).any():
@@ -301,14 +301,17 @@ def plot_time(records: Iterable[Mapping], output: str | Path, metric: str = "las
     df["seconds"] = df["seconds"].astype(float).clip(lower=1e-3)  # a log axis drops 0 s (instant selection rules)
 
     def draw(ax, panel, styles):
+        one_ipc = panel["ipc"].nunique() == 1  # then the axis label names it, not every point
         for label, method in _labels_in_order(panel):
             colour, marker = styles[label]
             for r in panel[panel["label"] == label].itertuples(index=False):
                 _mark(ax, r.seconds, r.mean, r.half, r.n_sets == 1, colour, marker, None)
-                ax.annotate(f"IPC {r.ipc}", (r.seconds, r.mean), textcoords="offset points", xytext=(5, 4),
-                            fontsize="x-small")
+                if not one_ipc:
+                    ax.annotate(f"IPC {r.ipc}", (r.seconds, r.mean), textcoords="offset points", xytext=(5, 4),
+                                fontsize="x-small")
         ax.set_xscale("log")  # costs span orders of magnitude (selection: seconds, diffusion: hours)
-        ax.set(xlabel="distillation time (s, log scale): prepare + distill", ylabel=axis_label(metric))
+        at = f", all at IPC {int(panel['ipc'].iloc[0])}" if one_ipc else ""
+        ax.set(xlabel=f"distillation time (s, log scale): prepare + distill{at}", ylabel=axis_label(metric))
 
     return _figures(df, output, "accuracy vs time", draw)
 

@@ -109,6 +109,26 @@ def test_filter_hides_sections_rows_and_contents(tmp_path):
 
 
 @needs_chromium
+def test_filter_hides_rows_of_a_table_that_spans_datasets(tmp_path):
+    """As the reproduction page's one table of cells: its rows carry their own dataset and IPC."""
+    s = Section(id="cells", title="cells", head=["method", "dataset", "IPC"],
+                rows=[["a", "digits", "1"], ["b", "fashion", "1"], ["c", "fashion", "10"]],
+                row_ipcs=[1, 1, 10], row_datasets=["digits", "fashion", "fashion"])
+    path = tmp_path / "cells.html"
+    path.write_text(page("cells", {}, {}, [s]))
+    shown = "[...document.querySelectorAll('#cells tbody tr')].filter(r => !r.hidden).map(r => r.cells[0].textContent)"
+    with Browser(width=1280) as b:
+        b.open(path)
+        choose(b, "dataset", "fashion")
+        assert b.eval(shown) == ["b", "c"]
+        choose(b, "ipc", "1")
+        assert b.eval(shown) == ["b"]
+        choose(b, "dataset", "digits")
+        choose(b, "ipc", "10")
+        assert b.eval(shown) == [] and b.eval("document.getElementById('cells').hidden") is True
+
+
+@needs_chromium
 def test_keyboard_sorting_orders_rows_and_sets_aria_sort(tmp_path):
     _, wide = build_page(tmp_path)
     column = "[...document.querySelectorAll('#wide tbody tr')].map(r => r.cells[3].dataset.v)"

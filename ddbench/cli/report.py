@@ -110,9 +110,22 @@ def cmd_leaderboard(p: argparse.ArgumentParser):
         if args.set_metrics:
             text += "\n" + render_set_metrics(records)
         if figures:
+            from ..leaderboard.pages import attach_figures, table_sections
+
+            figures = attach_figures(table_sections(tables), figures)  # captioned with their tables' titles
             text += "\n## Figures\n\n" + "\n".join(f"- [{f.caption}]({f.src})" for f in figures) + "\n"
         write_text(text, args.output)
     return handler
+
+
+def _as_glob(paths: list[str]) -> str:
+    """"figures/*.png" when the paths are every PNG of one folder (as the shell expanded it), else the list."""
+    folders = {str(Path(p).parent) for p in paths}
+    if len(folders) == 1 and all(p.endswith(".png") for p in paths):
+        (folder,) = folders
+        if {str(p) for p in Path(folder).glob("*.png")} == {str(Path(p)) for p in paths}:
+            return f"{folder}/*.png"
+    return " ".join(paths)
 
 
 def _figures(args, records) -> list:
@@ -157,7 +170,7 @@ def _leaderboard_command(args) -> str:
     if args.format != "md":
         parts.append(f"--format {args.format}")
     if getattr(args, "figures", None):
-        parts.append(f"--figures {' '.join(args.figures)}")
+        parts.append(f"--figures {_as_glob(args.figures)}")
     return " ".join(parts)
 
 

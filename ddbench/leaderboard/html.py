@@ -12,9 +12,9 @@ from disk, fetches nothing, and prints the same texts as the markdown.
          figures=[Figure("accuracy against IPC, digits · dc", "figures/accuracy-vs-ipc-digits-dc-v1.png")])
 
 What the page does for a reader, and why:
-- Filter by dataset, IPC and label type (selects at the top): shows or hides whole sections, and rows of a
-  section whose rows span several IPCs (`row_ipcs`). An empty facet ("" or None) matches every choice, so
-  tables that have no IPC or label type (distilled-set metrics) stay visible.
+- Filter by dataset, IPC and label type (selects at the top): shows or hides whole sections, and the rows of
+  a section whose rows span several IPCs or datasets (`row_ipcs`, `row_datasets`). An empty facet ("" or
+  None) matches every choice, so tables that have no IPC or label type (distilled-set metrics) stay visible.
 - Sorting: every column header is a <button> (mouse, Enter, Space); the header cell carries `aria-sort` and an
   arrow; numbers sort by `sort_values` (the means, not the printed text), empty cells last either way.
 - Wide tables scroll inside their own box (the page itself never scrolls sideways, at 1280 px or on a
@@ -22,6 +22,8 @@ What the page does for a reader, and why:
 - `links`: a row label (first column) or a column label -> [(text, url)]: the label links to the first URL
   (a method's card), the others follow it as small links (its paper).
 - Provenance (card hashes, overrides) sits behind a <details> toggle per section, not in its heading.
+- Figures (PNG files beside the page) are shown at the end, filtered like the tables; a section links to
+  its own (`Section.figures`).
 Cell texts are escaped; "\\0…\\1" inside a cell text marks bold (rank-1 cells). Layout: docs/leaderboards.md.
 """
 from __future__ import annotations
@@ -53,13 +55,21 @@ class Section:
     notes: list[str] = field(default_factory=list)             # short lines under the table (plain text)
     part: str = "Results"                     # the contents list groups sections by part, in order of appearance
     row_ipcs: list[int | None] = field(default_factory=list)   # per row, when one table spans several IPCs
+    row_datasets: list[str] = field(default_factory=list)      # per row, when one table spans several datasets
+    figures: list["Figure"] = field(default_factory=list)      # this table's figures (linked under it)
 
 
 @dataclass
 class Figure:
     caption: str
     src: str                                  # a path relative to the page (a PNG beside it)
-    dataset: str = ""                         # filter facet, as for a Section
+    dataset: str = ""                         # filter facets, as for a Section
+    labels: str = ""
+    short: str = ""                           # link text under its table ("accuracy vs IPC"); "": the caption
+
+    @property
+    def id(self) -> str:
+        return "figure-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", self.src.rsplit("/", 1)[-1].rsplit(".", 1)[0])
 
 
 # ---------------------------------------------------------------------------------------------- style, script
@@ -67,7 +77,7 @@ class Figure:
 STYLE = """
 *{box-sizing:border-box}
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1b1b1b;background:#fff}
-main{max-width:1600px;margin:0 auto;padding:0 1rem 3rem}
+main{padding:0 1rem 3rem}dl.facts,details,p,.notes,nav.contents{max-width:110rem}
 h1{font-size:1.5rem;margin:1rem 0 .3rem}h2{font-size:1.25rem;margin:2rem 0 .4rem;border-bottom:1px solid #ddd}
 h3{font-size:1.05rem;margin:1.6rem 0 .3rem;overflow-wrap:anywhere}
 p,li,dd,dt,summary,figcaption{overflow-wrap:anywhere}
@@ -142,8 +152,8 @@ function applyFilter() {
   for (const sec of all("[data-section]")) {
     const d = sec.dataset;
     let ok = matches(d.dataset, want.dataset) && matches(d.labels, want.labels) && matches(d.ipc, want.ipc);
-    const rows = [...sec.querySelectorAll("tbody tr[data-ipc]")];
-    for (const tr of rows) tr.hidden = !matches(tr.dataset.ipc, want.ipc);
+    const rows = [...sec.querySelectorAll("tbody tr[data-ipc], tbody tr[data-dataset]")];
+    for (const tr of rows) tr.hidden = !(matches(tr.dataset.ipc, want.ipc) && matches(tr.dataset.dataset, want.dataset));
     if (rows.length && rows.every(tr => tr.hidden)) ok = false;
     sec.hidden = !ok;
     if (sec.tagName === "SECTION") { total += 1; shown += ok; }
@@ -213,7 +223,9 @@ def table_html(section: Section) -> str:
     for i, texts in enumerate(section.rows):
         values = section.sort_values[i] if section.sort_values else texts
         ipc = section.row_ipcs[i] if i < len(section.row_ipcs) else None
-        attr = "" if ipc is None else f" data-ipc=\"{esc(str(ipc))}\""
+        dataset = section.row_datasets[i] if i < len(section.row_datasets) else ""
+        attr = ("" if ipc is None else f" data-ipc=\"{esc(str(ipc))}\"") + \
+            (f" data-dataset=\"{esc(dataset)}\"" if dataset else "")
         cells = []
         for j, (text, v) in enumerate(zip(texts, values)):
             data = f"data-v=\"{esc(_sort_value(v))}\""
@@ -243,6 +255,9 @@ def section_html(s: Section) -> str:
     parts.append(table_html(s))
     if s.notes:
         parts.append("<ul class=\"notes\">" + "".join(f"<li>{esc(n)}</li>" for n in s.notes) + "</ul>")
+    if s.figures:
+        parts.append("<p class=\"notes\">figures: " + " · ".join(f"<a href=\"#{esc(f.id)}\">{esc(f.short or f.caption)}</a>"
+                                                                 for f in s.figures) + "</p>")
     if s.details_html:
         parts.append(f"<details><summary>provenance: cards, hashes, settings</summary>{s.details_html}</details>")
     return "\n".join(parts + ["</section>"])
@@ -253,7 +268,7 @@ def _filter_html(sections: list[Section]) -> str:
         opts = "".join(f"<option value=\"{esc(v)}\">{esc(v)}</option>" for v in values)
         return f"<label>{label}<select name=\"{name}\"><option value=\"\">all</option>{opts}</select></label>"
 
-    datasets = sorted({s.dataset for s in sections if s.dataset})
+    datasets = sorted({d for s in sections for d in [s.dataset, *s.row_datasets] if d})
     ipcs = sorted({int(i) for s in sections for i in ([s.ipc] + list(s.row_ipcs)) if i is not None})
     labels = sorted({s.labels for s in sections if s.labels})
     return ("<form class=\"filter\" aria-label=\"filter the tables\" onsubmit=\"return false\">"
@@ -282,7 +297,8 @@ def _part_id(name: str) -> str:
 def _figures_html(figures: list[Figure]) -> str:
     out = ["<h2 id=\"figures\">Figures</h2>"]
     for f in figures:
-        out.append(f"<figure data-section{_facets(f.dataset, None, '')}><a href=\"{esc(f.src)}\">"
+        out.append(f"<figure id=\"{esc(f.id)}\" data-section{_facets(f.dataset, None, f.labels)}>"
+                   f"<a href=\"{esc(f.src)}\">"
                    f"<img src=\"{esc(f.src)}\" alt=\"{esc(f.caption)}\" loading=\"lazy\"></a>"
                    f"<figcaption>{esc(f.caption)} (<a href=\"{esc(f.src)}\">{esc(f.src)}</a>)</figcaption></figure>")
     return "\n".join(out)

@@ -137,7 +137,7 @@ def render_reproduction_html(lines: list[Line], metric: str, command: str) -> st
                     rows=[[_texts(x)[i] for i in order] for x in lines], sort_values=[[v[i] for i in order]
                                                                                      for v in sort],
                     links=links_for({x.method for x in lines}), part="Reproduction status",
-                    row_ipcs=[x.ipc for x in lines])
+                    row_ipcs=[x.ipc for x in lines], row_datasets=[x.dataset for x in lines])
     counts = summaries(lines)
     summary = Section(id="summary", title="Summary per method", head=["method", *stats.VERDICTS, "reported cells"],
                       rows=[[m] + [str(c[v]) for v in stats.VERDICTS] + [str(sum(c.values()))]
