@@ -10,7 +10,8 @@ from browser import Browser, chromium_path
 from ddbench import leaderboard as lb
 from ddbench.errors import ConfigError
 from ddbench.leaderboard.html import Figure, Section, page
-from ddbench.leaderboard.pages import leaderboard_page, method_links
+from ddbench.leaderboard.links import method_links
+from ddbench.leaderboard.pages import leaderboard_page
 
 
 def rec(method, acc, seed, *, dataset="digits", ipc=10, protocol="dc", family="hard"):

@@ -110,7 +110,8 @@ def cmd_leaderboard(p: argparse.ArgumentParser):
         if args.set_metrics:
             text += "\n" + render_set_metrics(records)
         if figures:
-            from ..leaderboard.pages import attach_figures, table_sections
+            from ..leaderboard.pages import attach_figures
+            from ..leaderboard.render import table_sections
 
             figures = attach_figures(table_sections(tables), figures)  # captioned with their tables' titles
             text += "\n## Figures\n\n" + "\n".join(f"- [{f.caption}]({f.src})" for f in figures) + "\n"

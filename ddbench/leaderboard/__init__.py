@@ -2,7 +2,8 @@
 (`render`), budget tables (`budget`), reproduction status (`repro`) and distilled-set metric tables (`sets`).
 
 The HTML page is `html` (a shell that takes plain data) fed by `pages` (tables -> page sections), which
-render, repro and the CLI import lazily. Imports run one way: tables <- render <- budget, repro; sets -> tables. This package imports `tables` only, so
+render, repro and the CLI import lazily. Imports run one way: tables <- render <- budget, repro;
+sets -> tables. This package imports `tables` only, so
 `ddbench.plots` (which the budget tables use for timings) can import the package without a cycle.
 """
 from .tables import (BASELINE, DASH, METRICS, Cell, Row, Table, arch_order, build_tables, card_config, card_hash,

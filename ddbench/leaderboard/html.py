@@ -304,6 +304,22 @@ def _figures_html(figures: list[Figure]) -> str:
     return "\n".join(out)
 
 
+def slug(*parts) -> str:
+    """An anchor from plain words: "digits", "dc", "v1" -> "digits-dc-v1" (empty parts left out)."""
+    text = "-".join(str(p) for p in parts if p not in (None, ""))
+    return re.sub(r"[^A-Za-z0-9_.]+", "-", text).strip("-") or "section"
+
+
+def unique_ids(sections: list[Section]) -> list[Section]:
+    """Anchors stay unique when two tables slug alike (suffix -2, -3, … in order)."""
+    seen: dict[str, int] = {}
+    for s in sections:
+        n = seen[s.id] = seen.get(s.id, 0) + 1
+        if n > 1:
+            s.id = f"{s.id}-{n}"
+    return sections
+
+
 def _check(sections: list[Section]) -> None:
     seen: set[str] = set()
     for s in sections:

@@ -1,119 +1,27 @@
-"""Adapters from the leaderboard's tables to the HTML page shell (`html.page`): `Table`s, budget tables,
-distilled-set metric tables and the reproduction lines become `Section`s with their filter facets and links.
-
-The page shell knows nothing of records or statistics; this module is the one place that does both, so a new
-table layout only needs a new `*_sections` function here. Method links are relative to a page in
-`leaderboards/` (the published layout): a method's docs page when it has one, else its card, plus its paper
-when the card's citation names an arXiv id.
+"""The whole leaderboard page (`ddbench leaderboard --format html`): the result tables (`render.table_sections`)
++ budget and distilled-set metric tables as `html.Section`s, the figures attached to their tables, a header
+from the records, one glossary. The page shell (`html`) knows nothing of records or statistics; a new table
+layout only needs a `*_sections` function here (or in `render`). Method links: `links`.
 """
 from __future__ import annotations
 
-import html
-import re
-from functools import lru_cache
+import hashlib
 from pathlib import Path
 from typing import Iterable, Mapping
 
-from .html import Figure, Links, Section, page
-from .tables import Table
-
-DOCS = Path(__file__).resolve().parents[2] / "docs"
-ARXIV = re.compile(r"arXiv[ :]*(\d{4}\.\d{4,5})", re.IGNORECASE)
-
-
-# ---------------------------------------------------------------------------------------------- helpers
-
-def slug(*parts) -> str:
-    """An anchor from plain words: "digits", "dc", "v1" -> "digits-dc-v1"."""
-    text = "-".join(str(p) for p in parts if p not in (None, ""))
-    return re.sub(r"[^A-Za-z0-9_.]+", "-", text).strip("-") or "section"
-
-
-@lru_cache(maxsize=None)
-def method_links(method: str, root: str = "../") -> tuple[tuple[str, str], ...]:
-    """(("card", url), ("paper", url)?) for a registered method; () for an unknown one (an external set)."""
-    from ..errors import DDBenchError
-    from ..method import method_card
-
-    try:
-        card = method_card(method)
-    except DDBenchError:
-        return ()
-    doc = f"{root}docs/{method}.md" if (DOCS / f"{method}.md").exists() else f"{root}methods/{method}.yaml"
-    out = [("card", doc)]
-    found = ARXIV.search(str(card.get("citation") or ""))
-    if found:
-        out.append(("paper", f"https://arxiv.org/abs/{found.group(1)}"))
-    return tuple(out)
-
-
-def links_for(labels: Iterable[str]) -> Links:
-    """Column or row labels ("mgd3 v3 [g=0.1]") -> their method's links (the method is the first word)."""
-    out: Links = {}
-    for label in labels:
-        found = method_links(label.split(" ")[0])
-        if found:
-            out[label] = list(found)
-    return out
-
-
-def _unique(sections: list[Section]) -> list[Section]:
-    """Anchors stay unique when two tables slug alike (suffix -2, -3, … in order)."""
-    seen: dict[str, int] = {}
-    for s in sections:
-        n = seen[s.id] = seen.get(s.id, 0) + 1
-        if n > 1:
-            s.id = f"{s.id}-{n}"
-    return sections
-
-
-# ---------------------------------------------------------------------------------------------- result tables
-
-TABLE_GLOSSARY_LINES = 3   # render.notes: metric, cells, Δ vs random (the same for every table) go to the glossary
-
-
-def table_sections(tables: list[Table]) -> list[Section]:
-    """One Section per current `Table` (rows IPC × network, a column per method)."""
-    from . import render
-
-    out = []
-    for t in tables:
-        rows = [render.row_texts(t, row, lambda s: f"\0{s}\1") for row in t.rows]
-        values = [render._sort_values(t, row) for row in t.rows]
-        # the first column is the IPC: the row label the sticky column shows is "IPC · network"
-        rows = [[f"{r[0]} · {r[1]}"] + r[2:] for r in rows]
-        values = [[v[0]] + v[2:] for v in values]
-        head = ["IPC · network"] + render.header(t)[2:]
-        details = "".join(f"<p>{html.escape(x)}</p>" for x in render.notes(t)[TABLE_GLOSSARY_LINES:])
-        out.append(Section(
-            id=slug(t.dataset, t.protocol, f"v{t.protocol_version}" if t.protocol_version else "",
-                    _short_hash(t.variant)),
-            title=render.title(t), head=head, rows=rows, sort_values=values, dataset=t.dataset,
-            labels=t.family or "", badges=["card modified"] if t.variant else [],
-            links=links_for(lb for lb, kind in t.columns if kind == "measured"), details_html=details,
-            row_ipcs=[row.ipc for row in t.rows]))
-    return _unique(out)
-
-
-def table_glossary(tables: list[Table]) -> dict[str, str]:
-    """The lines every table shares (metric, cells, Δ), once per page."""
-    from . import render
-
-    if not tables:
-        return {}
-    names = ("metric", "cells", "Δ vs random")
-    return dict(zip(names, render.notes(tables[0])[:TABLE_GLOSSARY_LINES]))
+from .budget import HEADER, NOTE, _title, budget_rows, line_texts
+from .html import Figure, Section, page, slug, unique_ids
+from .links import links_for
+from .render import table_glossary, table_sections
+from .sets import SHOWN, _cell, set_metrics_frame
+from .tables import Table, method_order
 
 
 def _short_hash(text: str) -> str:
-    import hashlib
-
     return hashlib.sha256(text.encode()).hexdigest()[:6] if text else ""
 
 
 def budget_sections(records: Iterable[Mapping], metric: str) -> list[Section]:
-    from .budget import HEADER, _title, budget_rows, line_texts
-
     out = []
     for key, lines in budget_rows(records, metric).items():
         dataset, protocol, version, variant, family = key
@@ -129,20 +37,15 @@ def budget_sections(records: Iterable[Mapping], metric: str) -> list[Section]:
             sort_values=[[v[i] for i in order] for v in sort], dataset=dataset, labels=family,
             badges=["card modified"] if variant else [], links=links_for(x["label"] for x in lines),
             part="Budget", row_ipcs=[x["ipc"] for x in lines]))
-    return _unique(out)
+    return unique_ids(out)
 
 
 def budget_glossary() -> dict[str, str]:
-    from .budget import NOTE
-
     return {"budget": NOTE}
 
 
 def set_metric_sections(records: Iterable[Mapping]) -> list[Section]:
     """The distilled-set metric tables of `sets.render_set_metrics`: rows IPC, a column per method."""
-    from .sets import SHOWN, _cell, set_metrics_frame
-    from .tables import method_order
-
     df = set_metrics_frame(records)
     out = []
     for (dataset, space), group in ([] if df.empty else df.groupby(["dataset", "space"], sort=True)):
@@ -157,12 +60,10 @@ def set_metric_sections(records: Iterable[Mapping]) -> list[Section]:
                            title=f"{dataset} · distilled-set metrics ({space} features)", head=["IPC"] + methods,
                            rows=rows, sort_values=values, dataset=dataset, links=links_for(methods),
                            part="Distilled-set metrics", row_ipcs=ipcs))
-    return _unique(out)
+    return unique_ids(out)
 
 
 def set_metrics_glossary() -> dict[str, str]:
-    from .sets import SHOWN
-
     legend = " / ".join(f"{k} {d}" for k, d in SHOWN)
     return {"distilled-set metrics": f"{legend} of the method's sets (mean over distillation seeds; sorting uses "
                                      "the first), distances in units of the class's median real pairwise distance "

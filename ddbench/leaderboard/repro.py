@@ -127,7 +127,7 @@ def render_reproduction_html(lines: list[Line], metric: str, command: str) -> st
     """The reproduction page (`leaderboard.html.page`): the summary per method, then one table of cells whose
     sticky first column is the method, linked to its card and paper."""
     from .html import Section, page
-    from .pages import links_for
+    from .links import links_for
 
     order = [4, 0, 1, 2, 3] + list(range(5, len(HEADER)))   # method first: the sticky column names the row
     sort = [[x.dataset, x.protocol, x.ipc, x.arch, x.method, x.reported[0],
