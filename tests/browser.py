@@ -36,7 +36,7 @@ def chromium_path() -> str | None:
 class Browser:
     def __init__(self, width: int = 1280, height: int = 900, mobile: bool = False, timeout: float = 30.0):
         self.width, self.height, self.mobile, self.timeout = width, height, mobile, timeout
-        self._id, self._buf, self.session = 0, b"", None
+        self._id, self._buf, self.session, self.events = 0, b"", None, []
 
     # ------------------------------------------------------------------ process
     def __enter__(self) -> "Browser":
@@ -58,12 +58,21 @@ class Browser:
                                      preexec_fn=fds, close_fds=False)  # close_fds would close 3 and 4
         os.close(to_chrome_r)
         os.close(from_chrome_w)
-        target = self.send("Target.createTarget", url="about:blank")["targetId"]
-        self.session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-        self.send("Page.enable")
-        self.send("Emulation.setDeviceMetricsOverride", width=self.width, height=self.height,
-                  deviceScaleFactor=1, mobile=self.mobile)
+        try:
+            target = self.send("Target.createTarget", url="about:blank")["targetId"]
+            self.session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+            self.send("Page.enable")
+            self.resize(self.width, self.mobile)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
+
+    def resize(self, width: int, mobile: bool = False) -> None:
+        """The viewport width (CSS px) and whether it is a phone's (reloading a page applies it everywhere)."""
+        self.width, self.mobile = width, mobile
+        self.send("Emulation.setDeviceMetricsOverride", width=width, height=self.height, deviceScaleFactor=1,
+                  mobile=mobile)
 
     def __exit__(self, *exc) -> None:
         try:
@@ -94,8 +103,6 @@ class Browser:
                     raise RuntimeError(f"{method}: {reply['error']}")
                 return reply.get("result", {})
             self.events.append(reply)
-
-    events: list = []
 
     def _read(self) -> dict:
         deadline = time.monotonic() + self.timeout

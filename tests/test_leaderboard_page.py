@@ -77,6 +77,13 @@ def test_page_refuses_duplicate_ids_and_ragged_rows():
 needs_chromium = pytest.mark.skipif(chromium_path() is None,
                                     reason="chromium is not installed (Debian: apt-get install chromium)")
 
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for the module (starting one takes seconds); each test sets its viewport."""
+    with Browser(width=1280) as b:
+        yield b
+
+
 VISIBLE = "[...document.querySelectorAll('section[data-section]')].filter(s => !s.hidden).map(s => s.id)"
 CONTENTS = "[...document.querySelectorAll('nav.contents li')].filter(li => !li.hidden).map(li => li.dataset.for)"
 
@@ -87,30 +94,31 @@ def choose(b: Browser, name: str, value: str) -> None:
 
 
 @needs_chromium
-def test_filter_hides_sections_rows_and_contents(tmp_path):
+def test_filter_hides_sections_rows_and_contents(tmp_path, browser):
     path, _ = build_page(tmp_path)
-    with Browser(width=1280) as b:
-        b.open(path)
-        everything = b.eval(VISIBLE)
-        assert len(everything) == 2 and b.eval("document.querySelector('.filter output').value") == \
-            "showing 2 of 2 tables"
-        choose(b, "dataset", "fashion")
-        assert [x for x in b.eval(VISIBLE)] == [x for x in everything if x.startswith("fashion")]
-        assert b.eval(CONTENTS) == b.eval(VISIBLE)
-        choose(b, "dataset", "")
-        choose(b, "labels", "hard")
-        assert b.eval(VISIBLE) == [x for x in everything if x.startswith("digits")]
-        choose(b, "ipc", "1")  # digits spans IPC 1 and 10 in one table: only its IPC-1 row stays
-        rows = b.eval("[...document.querySelectorAll('section:not([hidden]) tbody tr')].filter(r => !r.hidden)"
-                      ".map(r => r.cells[0].textContent)")
-        assert rows == ["1 · convnet3"]
-        choose(b, "labels", "soft")  # fashion has no IPC-1 row: nothing left
-        assert b.eval(VISIBLE) == [] and b.eval("document.querySelector('.filter output').value") == \
-            "showing 0 of 2 tables"
+    b = browser
+    b.resize(1280)
+    b.open(path)
+    everything = b.eval(VISIBLE)
+    assert len(everything) == 2 and b.eval("document.querySelector('.filter output').value") == \
+        "showing 2 of 2 tables"
+    choose(b, "dataset", "fashion")
+    assert [x for x in b.eval(VISIBLE)] == [x for x in everything if x.startswith("fashion")]
+    assert b.eval(CONTENTS) == b.eval(VISIBLE)
+    choose(b, "dataset", "")
+    choose(b, "labels", "hard")
+    assert b.eval(VISIBLE) == [x for x in everything if x.startswith("digits")]
+    choose(b, "ipc", "1")  # digits spans IPC 1 and 10 in one table: only its IPC-1 row stays
+    rows = b.eval("[...document.querySelectorAll('section:not([hidden]) tbody tr')].filter(r => !r.hidden)"
+                  ".map(r => r.cells[0].textContent)")
+    assert rows == ["1 · convnet3"]
+    choose(b, "labels", "soft")  # fashion has no IPC-1 row: nothing left
+    assert b.eval(VISIBLE) == [] and b.eval("document.querySelector('.filter output').value") == \
+        "showing 0 of 2 tables"
 
 
 @needs_chromium
-def test_filter_hides_rows_of_a_table_that_spans_datasets(tmp_path):
+def test_filter_hides_rows_of_a_table_that_spans_datasets(tmp_path, browser):
     """As the reproduction page's one table of cells: its rows carry their own dataset and IPC."""
     s = Section(id="cells", title="cells", head=["method", "dataset", "IPC"],
                 rows=[["a", "digits", "1"], ["b", "fashion", "1"], ["c", "fashion", "10"]],
@@ -118,37 +126,39 @@ def test_filter_hides_rows_of_a_table_that_spans_datasets(tmp_path):
     path = tmp_path / "cells.html"
     path.write_text(page("cells", {}, {}, [s]))
     shown = "[...document.querySelectorAll('#cells tbody tr')].filter(r => !r.hidden).map(r => r.cells[0].textContent)"
-    with Browser(width=1280) as b:
-        b.open(path)
-        choose(b, "dataset", "fashion")
-        assert b.eval(shown) == ["b", "c"]
-        choose(b, "ipc", "1")
-        assert b.eval(shown) == ["b"]
-        choose(b, "dataset", "digits")
-        choose(b, "ipc", "10")
-        assert b.eval(shown) == [] and b.eval("document.getElementById('cells').hidden") is True
+    b = browser
+    b.resize(1280)
+    b.open(path)
+    choose(b, "dataset", "fashion")
+    assert b.eval(shown) == ["b", "c"]
+    choose(b, "ipc", "1")
+    assert b.eval(shown) == ["b"]
+    choose(b, "dataset", "digits")
+    choose(b, "ipc", "10")
+    assert b.eval(shown) == [] and b.eval("document.getElementById('cells').hidden") is True
 
 
 @needs_chromium
-def test_keyboard_sorting_orders_rows_and_sets_aria_sort(tmp_path):
+def test_keyboard_sorting_orders_rows_and_sets_aria_sort(tmp_path, browser):
     _, wide = build_page(tmp_path)
     column = "[...document.querySelectorAll('#wide tbody tr')].map(r => r.cells[3].dataset.v)"
-    with Browser(width=1280) as b:
-        b.open(wide)
-        before = b.eval(column)
-        b.eval("document.querySelectorAll('#wide thead th button')[3].focus()")
-        b.key("Enter")  # numbers: largest first
-        assert b.eval("document.querySelectorAll('#wide thead th')[3].getAttribute('aria-sort')") == "descending"
-        assert b.eval(column) == sorted(before, key=float, reverse=True) != before
-        b.key(" ")      # again, with Space: smallest first
-        assert b.eval("document.querySelectorAll('#wide thead th')[3].getAttribute('aria-sort')") == "ascending"
-        assert b.eval(column) == sorted(before, key=float)
-        assert b.eval("[...document.querySelectorAll('#wide thead th[aria-sort]')].length") == 1
-        b.eval("document.querySelectorAll('#wide thead th button')[0].focus()")
-        b.key("Enter")  # text: a to z
-        assert b.eval("[...document.querySelectorAll('#wide tbody th')].map(c => c.textContent)") == \
-            ["m0", "m1", "m2", "m3"]
-        assert b.eval("document.querySelectorAll('#wide thead th')[3].hasAttribute('aria-sort')") is False
+    b = browser
+    b.resize(1280)
+    b.open(wide)
+    before = b.eval(column)
+    b.eval("document.querySelectorAll('#wide thead th button')[3].focus()")
+    b.key("Enter")  # numbers: largest first
+    assert b.eval("document.querySelectorAll('#wide thead th')[3].getAttribute('aria-sort')") == "descending"
+    assert b.eval(column) == sorted(before, key=float, reverse=True) != before
+    b.key(" ")      # again, with Space: smallest first
+    assert b.eval("document.querySelectorAll('#wide thead th')[3].getAttribute('aria-sort')") == "ascending"
+    assert b.eval(column) == sorted(before, key=float)
+    assert b.eval("[...document.querySelectorAll('#wide thead th[aria-sort]')].length") == 1
+    b.eval("document.querySelectorAll('#wide thead th button')[0].focus()")
+    b.key("Enter")  # text: a to z
+    assert b.eval("[...document.querySelectorAll('#wide tbody th')].map(c => c.textContent)") == \
+        ["m0", "m1", "m2", "m3"]
+    assert b.eval("document.querySelectorAll('#wide thead th')[3].hasAttribute('aria-sort')") is False
 
 
 OVERFLOW = """(() => {
@@ -161,12 +171,13 @@ OVERFLOW = """(() => {
 
 @needs_chromium
 @pytest.mark.parametrize("width", [1280, 390])
-def test_no_table_overflows_the_page(tmp_path, width):
+def test_no_table_overflows_the_page(tmp_path, browser, width):
     path, wide = build_page(tmp_path)
-    with Browser(width=width, mobile=width < 700) as b:
-        for p in (path, wide):
-            b.open(p)
-            page_overflow, boxes, inner = b.eval(OVERFLOW)
-            assert page_overflow <= 0, f"{p.name} scrolls sideways by {page_overflow} px at {width} px"
-            assert boxes and all(right <= inner for right, _ in boxes)
-        assert boxes[0][1] is True  # the wide table scrolls inside its own box
+    b = browser
+    b.resize(width, mobile=width < 700)
+    for p in (path, wide):
+        b.open(p)
+        page_overflow, boxes, inner = b.eval(OVERFLOW)
+        assert page_overflow <= 0, f"{p.name} scrolls sideways by {page_overflow} px at {width} px"
+        assert boxes and all(right <= inner for right, _ in boxes)
+    assert boxes[0][1] is True  # the wide table scrolls inside its own box
