@@ -64,7 +64,8 @@ def cmd_leaderboard(p: argparse.ArgumentParser):
     p.add_argument("--reported", action="store_true", help="add the papers' numbers from the method cards")
     p.add_argument("--output", default=None, help="write to FILE instead of stdout")
     p.add_argument("--set-metrics", action="store_true",
-                   help="also a table per dataset of the distilled sets' diversity / coverage / MMD² (docs/metrics.md)")
+                   help="also a table per dataset of the distilled sets' diversity / coverage / MMD² "
+                        "(docs/metrics.md)")
     p.add_argument("--figures", nargs="+", default=[], metavar="PNG",
                    help="md/html: link these figures (`ddbench plot` output) from the page, relative to --output")
     p.add_argument("--budget", action="store_true",

@@ -153,7 +153,8 @@ function applyFilter() {
     const d = sec.dataset;
     let ok = matches(d.dataset, want.dataset) && matches(d.labels, want.labels) && matches(d.ipc, want.ipc);
     const rows = [...sec.querySelectorAll("tbody tr[data-ipc], tbody tr[data-dataset]")];
-    for (const tr of rows) tr.hidden = !(matches(tr.dataset.ipc, want.ipc) && matches(tr.dataset.dataset, want.dataset));
+    for (const tr of rows)
+      tr.hidden = !(matches(tr.dataset.ipc, want.ipc) && matches(tr.dataset.dataset, want.dataset));
     if (rows.length && rows.every(tr => tr.hidden)) ok = false;
     sec.hidden = !ok;
     if (sec.tagName === "SECTION") { total += 1; shown += ok; }
@@ -256,8 +257,8 @@ def section_html(s: Section) -> str:
     if s.notes:
         parts.append("<ul class=\"notes\">" + "".join(f"<li>{esc(n)}</li>" for n in s.notes) + "</ul>")
     if s.figures:
-        parts.append("<p class=\"notes\">figures: " + " · ".join(f"<a href=\"#{esc(f.id)}\">{esc(f.short or f.caption)}</a>"
-                                                                 for f in s.figures) + "</p>")
+        links = " · ".join(f"<a href=\"#{esc(f.id)}\">{esc(f.short or f.caption)}</a>" for f in s.figures)
+        parts.append(f"<p class=\"notes\">figures: {links}</p>")
     if s.details_html:
         parts.append(f"<details><summary>provenance: cards, hashes, settings</summary>{s.details_html}</details>")
     return "\n".join(parts + ["</section>"])
