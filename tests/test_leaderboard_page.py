@@ -181,3 +181,42 @@ def test_no_table_overflows_the_page(tmp_path, browser, width):
         assert page_overflow <= 0, f"{p.name} scrolls sideways by {page_overflow} px at {width} px"
         assert boxes and all(right <= inner for right, _ in boxes)
     assert boxes[0][1] is True  # the wide table scrolls inside its own box
+
+
+# ---------------------------------------------------------------------- the command
+def test_leaderboard_command_links_figures_under_their_tables(tmp_path, capsys):
+    """`ddbench plot` names a figure by its table's anchor; `--figures` links it under that table (html) and
+    captions it with the table's title (md); the budget and set-metric tables are parts of the same page."""
+    import json
+
+    from ddbench.cli import main
+
+    recs = records()
+    for r in recs:
+        r["extra"] = {"set_metrics": {"space": "pixels", "diversity": 0.5, "coverage": 0.7, "mmd2": 0.01}}
+    jsonl = tmp_path / "r.jsonl"
+    jsonl.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    figs = tmp_path / "figures"
+    assert main(["plot", "--jsonl", str(jsonl), "--kind", "ipc", "--output", str(figs / "accuracy-vs-ipc.png")]) == 0
+    pngs = sorted(str(p) for p in figs.glob("*.png"))
+    names = [p.rsplit("/", 1)[1] for p in pngs]  # accuracy-vs-ipc-<the table's anchor>.png
+    assert len(names) == 2 and names[0].startswith("accuracy-vs-ipc-digits-dc-v1") and \
+        names[1].startswith("accuracy-vs-ipc-fashion-rded")
+    anchor = names[0][len("accuracy-vs-ipc-"):-len(".png")]
+    out = tmp_path / "lb.html"
+    assert main(["leaderboard", "--jsonl", str(jsonl), "--budget", "--set-metrics", "--format", "html",
+                 "--figures", *pngs, "--output", str(out)]) == 0
+    text = out.read_text()
+    digits = text[text.index(f'<section id="{anchor}"'):]
+    digits = digits[:digits.index("</section>")]
+    assert f'<a href="#figure-accuracy-vs-ipc-{anchor}">accuracy vs IPC</a>' in digits and "fashion" not in digits
+    assert f'<figure id="figure-accuracy-vs-ipc-{anchor}"' in text and f'<img src="figures/{names[0]}"' in text
+    assert f"--figures {figs}/*.png" in text
+    assert '<h2 id="part-budget">Budget</h2>' in text and '<h2 id="part-distilled-set-metrics">' in text
+    md = tmp_path / "lb.md"
+    assert main(["leaderboard", "--jsonl", str(jsonl), "--figures", *pngs, "--output", str(md)]) == 0
+    (line,) = [x for x in md.read_text().splitlines() if x.endswith(f"](figures/{names[0]})")]
+    assert line.startswith("- [accuracy vs IPC: digits · protocol dc v1 · hard labels · modified: ")
+    capsys.readouterr()
+    assert main(["leaderboard", "--jsonl", str(jsonl), "--figures", str(figs / "none.png")]) == 2
+    assert "--figures: no file" in capsys.readouterr().err
