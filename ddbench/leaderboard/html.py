@@ -115,6 +115,7 @@ th button:focus-visible{outline:2px solid #0b57d0;outline-offset:2px}
 figure{margin:1rem 0}figure img{max-width:100%;height:auto;border:1px solid #ddd}
 figcaption{font-size:.9rem}
 [hidden]{display:none!important}
+section,h2,figure{scroll-margin-top:4rem}
 @media (max-width:700px){body{font-size:14px}main{padding:0 .5rem 2rem}dl.facts{grid-template-columns:1fr}
   dl.facts dd{margin-bottom:.3rem}td,th{padding:.15rem .35rem}}
 """
