@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ddbench import leaderboard as lb
-from ddbench.leaderboard import render
+from ddbench.leaderboard import budget, render
 from ddbench import plots
 from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
@@ -290,6 +290,17 @@ def test_two_level_statistics_count_sets():
     assert got["half"] == pytest.approx(12.7062047 * 6.3639610 / math.sqrt(2), rel=1e-6)
     one = plots.set_level(two_sets[:2], "acc_last")
     assert (one["mean"], one["n_sets"]) == (81.0, 1) and one["half"] == pytest.approx(math.sqrt(2.0))
+
+
+def test_figures_count_units_as_the_tables_do():
+    """A deterministic method (three seeds, one set): its evaluations are the units, in the figure as in the
+    table (`tables.cell_summary`), not one hollow 1-set point."""
+    same_set = [{"seed": s, "distilled_sha256": "a", "acc_last": v} for s, v in ((0, 80.0), (1, 82.0), (2, 84.0))]
+    got = plots.set_level(same_set, "acc_last")
+    table = lb.cell_summary(same_set, "acc_last")
+    assert table.deterministic and (got["mean"], got["n_sets"]) == (table.mean, table.n) == (82.0, 3)
+    assert got["half"] == pytest.approx(4.3026527 * 2.0 / math.sqrt(3), rel=1e-6)
+    assert plots.distill_seconds is budget.distill_seconds  # one definition of a cell's distillation time
 
 
 def test_figure_names_and_titles_fit():
