@@ -67,8 +67,10 @@ def glossary(metric: str) -> list[str]:
         "epoch count, in its label); IPC does not apply, so it appears in every IPC table. **% of whole**: the "
         "row's mean as a share of it.",
         "**HLR / IOR / LRS**: DD-Ranking's hard-label recovery (whole − set, hard labels; lower is better), "
-        "improvement over random (set − random; higher is better) and label-robust score (%, higher is better), "
-        "on the cell means; docs/leaderboards.md says how records map to DD-Ranking's inputs.",
+        "improvement over random (set − random; higher is better) and label-robust score (higher is better), "
+        "on the cell means in %, exactly as the `ddranking` package computes them: LRS = (e^α − e^−1) / (e − "
+        "e^−1), α = (IOR − HLR) / 2 in points, so it is ≈ −0.157 once HLR exceeds IOR by a few points; "
+        "docs/leaderboards.md says how records map to DD-Ranking's inputs.",
         "**set / stored labels / teacher / total**: bytes the student needs besides its network (hard labels "
         "cost nothing to store; a soft-label protocol ships its teacher). **distill s**: one-off preparation + "
         "mean distillation per set; **eval s / model**: training + testing per model; device seconds on the "
