@@ -2,6 +2,7 @@
 Chromium (filter, keyboard sorting, no page overflow at 1280 px and on a phone). No training."""
 from __future__ import annotations
 
+import html
 import re
 
 import pytest
@@ -63,6 +64,16 @@ def test_page_escapes_links_and_fetches_nothing():
     # one offline file: no external script, stylesheet, font or image
     assert not re.search(r"<(script|link|img)[^>]+(src|href)=\"(https?:)?//", text) and "@import" not in text
     assert text.count('<button type="button"') == 2 and 'data-type="number"' in text
+
+
+def test_long_text_columns_wrap_and_short_ones_do_not():
+    """A paper source is words: its cells wrap (class "text"); a dataset name or a number never does."""
+    source = "Chan-Santiago et al., MGD3, ICML 2025, table 1 ('DiT', hard-label, ResNetAP-10)"
+    s = Section(id="c", title="c", head=["method", "dataset", "source", "reported"],
+                rows=[["dit", "ImageIDC", source, "54.1"]], sort_values=[["dit", "ImageIDC", source, 54.1]])
+    text = page("t", {}, {}, [s])
+    assert f'<td data-v="{html.escape(source)}" class="text">' in text
+    assert '<td data-v="ImageIDC">ImageIDC</td>' in text and '<td data-v="54.1">54.1</td>' in text
 
 
 def test_page_refuses_duplicate_ids_and_ragged_rows():
@@ -220,7 +231,8 @@ def test_leaderboard_command_links_figures_under_their_tables(tmp_path, capsys):
     md = tmp_path / "lb.md"
     assert main(["leaderboard", "--jsonl", str(jsonl), "--all-versions", "--figures", *pngs, "--output", str(md)]) == 0
     (line,) = [x for x in md.read_text().splitlines() if x.endswith(f"](figures/{names[0]})")]
-    assert line.startswith("- [accuracy vs IPC: digits · protocol dc v1 (hard labels) (settings changed from ")
+    assert line.startswith("- [accuracy vs IPC: digits · protocol dc v1 (hard labels) · settings changed from the "
+                           "card: ") and line.count("epochs=5") == 1 and "superseded card versions (archive)" in line
     capsys.readouterr()
     assert main(["leaderboard", "--jsonl", str(jsonl), "--figures", str(figs / "none.png")]) == 2
     assert "--figures: no file" in capsys.readouterr().err

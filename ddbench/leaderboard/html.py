@@ -17,6 +17,7 @@ What the page does for a reader, and why:
   None) matches every choice, so tables that have no IPC or label type (distilled-set metrics) stay visible.
 - Sorting: every column header is a <button> (mouse, Enter, Space); the header cell carries `aria-sort` and an
   arrow; numbers sort by `sort_values` (the means, not the printed text), empty cells last either way.
+- Long text columns (a paper source) wrap, left-aligned, within 28rem; numbers and short words never wrap.
 - Wide tables scroll inside their own box (the page itself never scrolls sideways, at 1280 px or on a
   phone), with the header row and the first column sticky inside that box.
 - `links`: a row label (first column) or a column label -> [(text, url)]: the label links to the first URL
@@ -101,6 +102,7 @@ td,th{padding:.2rem .5rem;border-right:1px solid #e3e3e3;border-bottom:1px solid
 thead th{position:sticky;top:0;z-index:2;background:#eef1f4;vertical-align:bottom;white-space:normal;
   min-width:4rem}
 tbody th{font-weight:600}
+td.text{text-align:left;white-space:normal;min-width:14rem;max-width:28rem}
 tr>:first-child{position:sticky;left:0;z-index:1;text-align:left;border-right:2px solid #bbb}
 thead th:first-child{z-index:3}
 tbody tr:nth-child(even)>*{background:#fafbfc}
@@ -216,9 +218,15 @@ def _column_types(section: Section) -> list[str]:
     return out
 
 
+TEXT_CELL = ' class="text"'   # long words (a paper source): left-aligned, wrapped within a width
+LONG_TEXT = 40                # characters: a text column with a longer cell wraps
+
+
 def table_html(section: Section) -> str:
     """One sortable <table> in its own scroll box; header cells are buttons."""
     types = _column_types(section)
+    wrap = [t == "text" and any(len(r[j]) > LONG_TEXT for r in section.rows if j < len(r))
+            for j, t in enumerate(types)]
     head = "".join(f"<th scope=\"col\" data-type=\"{t}\"><button type=\"button\" title=\"sort by this column\">"
                    f"{esc(h)}</button>{_head_links(h, section.links)}</th>" for h, t in zip(section.head, types))
     body = []
@@ -232,7 +240,7 @@ def table_html(section: Section) -> str:
         for j, (text, v) in enumerate(zip(texts, values)):
             data = f"data-v=\"{esc(_sort_value(v))}\""
             cells.append(f"<th scope=\"row\" {data}>{_label_html(text, section.links)}</th>" if j == 0
-                         else f"<td {data}>{_cell_html(text)}</td>")
+                         else f"<td {data}{TEXT_CELL if wrap[j] else ''}>{_cell_html(text)}</td>")
         body.append(f"<tr{attr}>" + "".join(cells) + "</tr>")
     return (f"<div class=\"scroll\" tabindex=\"0\" role=\"region\" aria-label=\"{esc(section.title)}\">"
             f"<table class=\"sortable\"><thead><tr>{head}</tr></thead>\n<tbody>\n" + "\n".join(body)

@@ -62,8 +62,11 @@ def attach_figures(pairs: list[tuple[Table, Section]], figures: list[Figure]) ->
             t, s = owners[0]
             what = stem[: -len(figure_key(t)) - 1].replace("-", " ").replace(" ipc", " IPC")
             setting = " · ".join(t.title().split(" · ")[:2])
-            f = Figure(f"{what}: {setting}" + (" (settings changed from the card)" if t.variant else ""), f.src,
-                       s.dataset, s.labels, what)
+            settings = f" · settings changed from the card: {t.variant}" if t.variant else ""
+            states = {o.current for o, _ in owners}
+            old = " · superseded card versions (archive)" if states == {False} else \
+                " · current and superseded card versions" if len(states) == 2 else ""
+            f = Figure(f"{what}: {setting}{settings}{old}", f.src, s.dataset, s.labels, what)
             for _, s in owners:
                 s.figures.append(f)
         out.append(f)

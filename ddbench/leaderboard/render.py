@@ -168,13 +168,19 @@ def table_sections(tables: list[Table], all_versions: bool = False) -> list[Sect
         values = [[t.sort_values(r)[i] for i in order] for r in t.rows]
         details = "".join(f"<p>{html.escape(x)}</p>" for x in t.details())
         out.append(Section(
-            id=table_id(t), title=t.title(), head=[head[i] for i in order], rows=rows, sort_values=values,
+            id=table_id(t), title=section_title(t), head=[head[i] for i in order], rows=rows, sort_values=values,
             dataset=dataset_name(t.dataset), ipc=t.ipc, labels=t.label_type,
             badges=page_badges(t),
             links=links_for(r[0] for r in rows), details_html=details,
             notes=[f"device: {', '.join(t.devices) or DASH}"],
             part="Results" if t.current else "Archive: superseded card versions"))
     return unique_ids(out)
+
+
+def section_title(t: Table) -> str:
+    """The table's title; a superseded table also names its settings (two archive tables of one setting
+    differ only there)."""
+    return t.title() if t.current or not t.variant else f"{t.title()} · settings: {t.variant}"
 
 
 def page_badges(t: Table) -> list[str]:
