@@ -195,6 +195,24 @@ def test_no_table_overflows_the_page(tmp_path, browser, width):
     assert boxes[0][1] is True  # the wide table scrolls inside its own box
 
 
+def test_figures_attach_to_their_own_tables_when_the_archive_sorts_first():
+    """digits (superseded) sorts before fashion (current) among the tables, but the page shows the current ones
+    first: each figure must still land under its own tables."""
+    from ddbench.leaderboard.render import figure_key
+
+    tables = lb.build_tables(records(), defaults=lambda *a: None,
+                             current=lambda kind, name, version: kind == "method")
+    for t in tables:
+        t.current = t.dataset == "fashion"
+    figs = [Figure("f", f"figures/accuracy-vs-ipc-{figure_key(t)}.png") for t in tables if t.ipc == 10]
+    text = leaderboard_page(tables, records(), "ddbench leaderboard", figures=figs, all_versions=True)
+    for t in tables:
+        sec = text[text.index(f'<section id="{t.dataset}-'):]
+        sec = sec[:sec.index("</section>")]
+        assert f"#figure-accuracy-vs-ipc-{figure_key(t)}" in sec
+        assert t.dataset == "fashion" or "fashion" not in sec
+
+
 # ---------------------------------------------------------------------- the command
 def test_leaderboard_command_links_figures_under_their_tables(tmp_path, capsys):
     """`ddbench plot` names a figure by its protocol setting, the prefix of its tables' anchors; `--figures`
@@ -230,7 +248,9 @@ def test_leaderboard_command_links_figures_under_their_tables(tmp_path, capsys):
     assert '<h2 id="part-distilled-set-metrics">' in text and "part-budget" not in text
     md = tmp_path / "lb.md"
     assert main(["leaderboard", "--jsonl", str(jsonl), "--all-versions", "--figures", *pngs, "--output", str(md)]) == 0
-    (line,) = [x for x in md.read_text().splitlines() if x.endswith(f"](figures/{names[0]})")]
+    lines = [x for x in md.read_text().splitlines() if x.endswith(f"](figures/{names[0]})")]
+    assert lines[:2] == [f"Figures: [accuracy vs IPC](figures/{names[0]})"] * 2  # under both digits tables
+    (line,) = [x for x in lines if x.startswith("- [")]                             # and in the list at the end
     assert line.startswith("- [accuracy vs IPC: digits · protocol dc v1 (hard labels) · settings changed from the "
                            "card: ") and line.count("epochs=5") == 1 and "superseded card versions (archive)" in line
     capsys.readouterr()

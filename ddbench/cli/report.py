@@ -108,11 +108,17 @@ def cmd_leaderboard(p: argparse.ArgumentParser):
             write_text(leaderboard_page(tables, records, command, args.set_metrics, figures, args.all_versions),
                        args.output)
             return
-        text = RENDERERS[args.format](tables, command=command, all_versions=args.all_versions or args.format == "csv")
+        if args.format == "md":
+            from ..leaderboard.render import render_markdown
+
+            links = _figure_links(tables, figures, args.all_versions)
+            text = render_markdown(tables, command=command, all_versions=args.all_versions, figures=links)
+        else:
+            text = RENDERERS[args.format](tables, command=command, all_versions=True)
         if args.set_metrics:
             text += "\n" + render_set_metrics(records)
         if figures:
-            text += "\n" + _figures_markdown(tables, figures, args.all_versions)
+            text += "\n## Figures\n\n" + "\n".join(f"- [{f.caption}]({f.src})" for f in figures) + "\n"
         write_text(text, args.output)
     return handler
 
@@ -137,14 +143,15 @@ def _figures(args, records) -> list:
     return figures_for(args.figures, args.output, {r["dataset"] for r in records})
 
 
-def _figures_markdown(tables, figures, all_versions: bool) -> str:
-    """The markdown page's figure list, each captioned with the protocol setting of the tables it belongs to."""
+def _figure_links(tables, figures: list, all_versions: bool) -> dict:
+    """Table id -> its figures (captioned with their protocol setting; `figures` is updated in place)."""
     from ..leaderboard.pages import attach_figures
-    from ..leaderboard.render import table_sections
+    from ..leaderboard.render import shown_tables, table_sections
 
-    shown = [t for t in tables if t.current or all_versions]
-    figures = attach_figures(list(zip(shown, table_sections(shown, all_versions=True))), figures)
-    return "## Figures\n\n" + "\n".join(f"- [{f.caption}]({f.src})" for f in figures) + "\n"
+    shown = shown_tables(tables, all_versions)
+    sections = table_sections(shown, all_versions=True)
+    figures[:] = attach_figures(list(zip(shown, sections)), figures)
+    return {s.id: s.figures for s in sections}
 
 
 def _reproduction(records, args, command: str) -> str:

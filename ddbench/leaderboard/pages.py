@@ -11,7 +11,7 @@ from typing import Iterable, Mapping
 
 from .html import Figure, Section, page, slug, unique_ids
 from .links import links_for
-from .render import PAGE_TITLE, figure_key, glossary_terms, page_header, table_sections
+from .render import PAGE_TITLE, figure_key, glossary_terms, page_header, shown_tables, table_sections
 from .sets import SHOWN, set_metric_rows
 from .tables import DASH, Table, dataset_name
 
@@ -80,7 +80,7 @@ def leaderboard_page(tables: list[Table], records: list[Mapping], command: str, 
                      stamp: tuple[str, str] | None = None) -> str:
     """Header, glossary, the result tables (current, then the archive with `all_versions`), the set-metric
     tables, the figures."""
-    shown = [t for t in tables if t.current or all_versions]
+    shown = shown_tables(tables, all_versions)
     sections = table_sections(shown, all_versions=True)
     figures = attach_figures(list(zip(shown, sections)), list(figures))
     glossary = glossary_terms(tables[0].metric if tables else "last")

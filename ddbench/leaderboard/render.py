@@ -15,6 +15,7 @@ import io
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Mapping
 
 import pandas as pd
 
@@ -114,28 +115,32 @@ def markdown_table(head: list[str], rows: list[list[str]], right: int = 1) -> li
     return lines + ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
 
 
-def markdown_section(t: Table, level: str = "##") -> str:
+def markdown_section(t: Table, level: str = "##", figures: Mapping[str, list] | None = None) -> str:
+    """One table: title, caption, the table, its figures (`figures`: table id -> [html.Figure]), provenance."""
     lines = [f"{level} {t.title()}", "", caption(t), ""]
     lines += markdown_table(t.columns(), [t.texts(r) for r in t.rows])
+    found = (figures or {}).get(table_id(t), [])
+    if found:
+        lines += ["", "Figures: " + " · ".join(f"[{f.short or f.caption}]({f.src})" for f in found)]
     lines += ["", "<details><summary>provenance</summary>", ""] + [f"- {x}" for x in t.details()] + \
              ["", "</details>", ""]
     return "\n".join(lines)
 
 
 def render_markdown(tables: list[Table], command: str = "ddbench leaderboard", all_versions: bool = False,
-                    stamp: tuple[str, str] | None = None) -> str:
+                    stamp: tuple[str, str] | None = None, figures: Mapping[str, list] | None = None) -> str:
     current = [t for t in tables if t.current]
     old = [t for t in tables if not t.current]
     metric = tables[0].metric if tables else "last"
     header = generated_line(command, devices_of(tables), stamp) + [changes_line(tables)]
     parts = [f"# {PAGE_TITLE}", "", *[f"{x}  " for x in header[:-1]], header[-1], "",
              "## Glossary", "", *[f"- {x}" for x in glossary(metric)], ""]
-    parts += [markdown_section(t) for t in current]
+    parts += [markdown_section(t, figures=figures) for t in current]
     if old and all_versions:
         parts += ["## Archive: superseded card versions", "",
                   "Rows and tables made by older method or protocol card versions (or by the same version before "
                   "the card gained a setting); kept for the record, never compared with the current ones.", ""]
-        parts += [markdown_section(t, "###") for t in old]
+        parts += [markdown_section(t, "###", figures) for t in old]
     elif old:
         parts += [f"{len(old)} table(s) of superseded card versions are not shown: `--all-versions` adds them.", ""]
     return "\n".join(parts).rstrip("\n") + "\n"
@@ -156,12 +161,17 @@ def table_id(t: Table) -> str:
     return slug(figure_key(t), f"ipc{t.ipc}", t.arch, "" if t.current else "archive")
 
 
+def shown_tables(tables: list[Table], all_versions: bool) -> list[Table]:
+    """The tables a page shows, in its order: the current ones, then (with `all_versions`) the superseded."""
+    return [t for t in tables if t.current] + [t for t in tables if not t.current and all_versions]
+
+
 def table_sections(tables: list[Table], all_versions: bool = False) -> list[Section]:
     """One page section per table: methods as rows (the sticky first column after the rank is the method, linked
     to its card and paper), the caption's badges, the provenance behind a toggle; superseded card versions in
     the "Archive" part (with `all_versions`)."""
     out = []
-    for t in [t for t in tables if t.current] + [t for t in tables if not t.current and all_versions]:
+    for t in shown_tables(tables, all_versions):
         head = t.columns()
         order = [1, 0] + list(range(2, len(head)))   # method first: the sticky column names the row
         rows = [[t.texts(r)[i] for i in order] for r in t.rows]
