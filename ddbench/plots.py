@@ -1,8 +1,9 @@
 """Figures: accuracy against IPC, accuracy against distillation time, and image grids of a distilled set.
 
 One figure per (dataset, protocol card, version, settings) — the same split as the leaderboard tables, so a
-figure never mixes protocol families — with one panel per evaluation network. File names end in the table's
-anchor on the HTML page (`<dataset>-<protocol>-v<version>[-<settings hash>]`), so a reader can match them.
+figure never mixes protocol families — with one panel per evaluation network. File names end in the protocol
+setting's key (`<dataset>-<protocol>-v<version>[-<settings hash>]`), the start of its tables' anchors on the
+HTML page (`…-ipc<k>-<network>`, `leaderboard.render.table_id`), so a reader can match them.
 
 What a point is (two levels, as the tables count): the evaluations of one distilled set are averaged first; the
 point is the mean over sets and its whisker the 95 % interval over sets (Student t, n = number of sets). A cell
@@ -159,7 +160,7 @@ def _footnote(part: pd.DataFrame, cols: int) -> str:
     lo, hi = int(part["n_sets"].min()), int(part["n_sets"].max())
     n = f"{lo}" if lo == hi else f"{lo}–{hi}"
     devices = sorted({d for ds in part["devices"] for d in str(ds).split("; ") if d}) or ["not recorded"]
-    text = (f"Point: mean over distilled sets (evaluations of a set averaged first); whisker: 95 % interval over "
+    text = (f"Point: mean over distilled sets (evaluations of a set averaged first); whisker: 95\u00a0% interval over "
             f"sets (Student t), n = {n} set{'' if hi == 1 else 's'} per point. Hollow marker: 1 set, whisker = std "
             f"of its evaluations. Device: {'; '.join(devices)}.")
     return textwrap.fill(text, int(TITLE_CHARS * cols * 1.25))
