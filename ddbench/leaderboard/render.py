@@ -38,14 +38,20 @@ def generated_line(command: str, devices: list[str], stamp: tuple[str, str] | No
 
 
 def checkout_commit() -> str:
-    """`git describe --always --dirty` of the ddbench checkout, else "unknown"."""
+    """The ddbench checkout's short commit, + "-dirty" when code differs from it; the published files under
+    `leaderboards/` do not count (regenerating them rewrites them before the page is written). "unknown"
+    outside a git checkout."""
     root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10).stdout
+
     try:
-        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True,
-                             text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
+        commit = git("rev-parse", "--short", "HEAD").strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)leaderboards").strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
 
 
 def glossary(metric: str) -> list[str]:
