@@ -1,19 +1,29 @@
 """Figures: accuracy against IPC, accuracy against distillation time, and image grids of a distilled set.
 
 One figure per (dataset, protocol card, version, settings) — the same split as the leaderboard tables, so a
-figure never mixes protocol families — with one panel per evaluation network. Every method keeps one colour
-in every figure (`method_colour`), each line carries its 95 % confidence band (Student t over the cell's runs;
-none for n = 1), `random` is drawn as the dashed grey reference line, and the legend sits outside the axes.
+figure never mixes protocol families — with one panel per evaluation network. File names end in the protocol
+setting's key (`<dataset>-<protocol>-v<version>[-<settings hash>]`), the start of its tables' anchors on the
+HTML page (`…-ipc<k>-<network>`, `leaderboard.render.table_id`), so a reader can match them.
+
+What a point is (two levels, as the tables count): the evaluations of one distilled set are averaged first; the
+point is the mean over sets and its whisker the 95 % interval over sets (Student t, n = number of sets). A cell
+of one set is drawn with a hollow marker and its whisker is the spread (sample std) of that set's evaluations:
+it says nothing about another set. The footnote of every figure states this, the range of n, and the device.
+
+Every column of a table (method and variant) gets its own colour and marker in the figure (Okabe–Ito colours,
+safe for colour-blind readers, cycled with markers so no two columns look alike); `random` is the grey
+dashed reference. A panel whose points all sit at one IPC is a dot-and-whisker plot sorted by mean; a panel
+over several IPCs joins a column's points by thin lines (no interpolated bands); the time plot draws points
+only (each labelled with its IPC: a line across the time axis would join different IPCs).
 Plots use matplotlib's object API on an Agg canvas (`matplotlib.figure.Figure`), never pyplot, so nothing
 depends on a display or on global backend state. Sizes are fixed (no tight bounding box): a figure of k panels
-is `min(k, 3)·PANEL_PX + LEGEND_PX` × `⌈k/3⌉·PANEL_PX + TITLE_PX`, so scripts and tests can rely on it.
+is `min(k, 3)·PANEL_PX + LEGEND_PX` × `⌈k/3⌉·PANEL_PX + TITLE_PX + NOTE_PX`, so scripts and tests can rely on it.
 """
 from __future__ import annotations
 
 import hashlib
 import math
 import textwrap
-import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
@@ -21,33 +31,45 @@ import pandas as pd
 
 from . import stats
 from .errors import ConfigError
-from .leaderboard import BASELINE, METRICS, arch_order, column_labels, method_order, variant_summary
+from .leaderboard import BASELINE, METRICS, arch_order, cell_summary, column_labels, method_order, variant_summary
+from .leaderboard.budget import distill_seconds
 
 PANEL_IN = (5.0, 4.0)   # inches per panel (width, height)
 LEGEND_IN = 2.4         # inches right of the panels for the legend
 TITLE_IN = 0.8          # inches above the panels for the title (up to three lines)
-DPI = 100               # -> 500 × 400 px per panel, + 240 px legend, + 80 px title
+NOTE_IN = 0.5           # inches below the panels for the footnote (interval, n, device)
+DPI = 100               # -> 500 × 400 px per panel, + 240 px legend, + 80 px title, + 50 px footnote
 TITLE_CHARS = 66        # characters per title line per panel column (medium font, 500 px)
 MAX_COLS = 3
-# 20 distinct colours; a registered method's colour is its position in the sorted registry, so it is the same in
-# every figure and every run. The reference line (random) is always grey.
-PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22", "#17becf",
-           "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354", "#756bb1",
-           "#636363", "#fd8d3c"]
-REFERENCE = "#7f7f7f"
+DODGE = 0.012           # decades between neighbouring columns' points at one IPC
+# Okabe & Ito (2008), without yellow (too light on white); a column's style is (colour, marker) by its position
+# in the figure, cycled so that two columns never share both.
+OKABE_ITO = ["#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7", "#000000"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h", "*"]
+REFERENCE = "#7f7f7f"   # random: grey, dashed, square
 
 
 # ---------------------------------------------------------------------------------------------- helpers
 
-def method_colour(method: str) -> str:
-    """One colour per method across every figure: registered methods by registry position, others by a hash."""
-    if method == BASELINE:
-        return REFERENCE
-    from .method import list_methods
+def variant_styles(labels: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """Column label -> (colour, marker), distinct for every label of one figure; `random` (any variant) grey."""
+    out, i = {}, 0
+    for label in sorted(dict.fromkeys(labels), key=method_order):
+        if label.split(" ")[0] == BASELINE and not any(c == REFERENCE for c, _ in out.values()):
+            out[label] = (REFERENCE, "s")
+            continue
+        out[label] = (OKABE_ITO[i % len(OKABE_ITO)], MARKERS[i % len(MARKERS)])
+        i += 1
+    return out
 
-    names = [m for m in sorted(list_methods()) if m != BASELINE]
-    index = names.index(method) if method in names else len(names) + zlib.crc32(method.encode()) % len(PALETTE)
-    return PALETTE[index % len(PALETTE)]
+
+def set_level(records: list[Mapping], field: str) -> dict:
+    """A point of one cell, counted as the tables count it (`leaderboard.tables.cell_summary`: evaluations
+    averaged per set, then over sets; a deterministic method's evaluations are its units): the mean ± the 95 %
+    half-width over those units; one set: ± the std of its evaluations."""
+    s = cell_summary(records, field)
+    half = stats.interval(s) if s.n >= 2 else s.eval_std
+    return {"mean": s.mean, "half": half, "n_sets": s.n, "n_evals": s.evaluations or len(records)}
 
 
 def _figure(n_panels: int):
@@ -55,7 +77,7 @@ def _figure(n_panels: int):
 
     cols = min(MAX_COLS, n_panels)
     rows = math.ceil(n_panels / cols)
-    fig = Figure(figsize=(PANEL_IN[0] * cols + LEGEND_IN, PANEL_IN[1] * rows + TITLE_IN), dpi=DPI,
+    fig = Figure(figsize=(PANEL_IN[0] * cols + LEGEND_IN, PANEL_IN[1] * rows + TITLE_IN + NOTE_IN), dpi=DPI,
                  layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
     for ax in axes[n_panels:]:
@@ -78,7 +100,14 @@ def _save(fig, output: str | Path) -> tuple[int, int]:
 def _summary_frame(records: Iterable[Mapping], metric: str, extra=None) -> pd.DataFrame:
     if metric not in METRICS:
         raise ConfigError(f"--metric {metric!r}: expected one of {', '.join(METRICS)}")
-    df = variant_summary(records, extra=extra)
+    field = METRICS[metric][0]
+
+    def facts(group: list[Mapping]) -> dict:
+        devices = sorted({str(r.get("device") or (r.get("hardware") or {}).get("device") or "") for r in group})
+        return {**set_level(group, field), **_family_facts(group), "devices": "; ".join(d for d in devices if d),
+                **(extra(group) if extra else {})}
+
+    df = variant_summary(records, extra=facts)
     if df.empty:
         raise ConfigError("no results to plot: the store holds no records for these filters "
                           "(check --out, --dataset and --protocol)")
@@ -126,30 +155,25 @@ def _suptitle(key: tuple, family: str, what: str, cols: int) -> str:
     return first + "\n" + textwrap.fill(textwrap.shorten(second, 2 * width - 4, placeholder=" …"), width)
 
 
-def _band(ax, x, mean, std, n, colour, band: bool = True) -> None:
-    """The 95 % confidence interval of each point with n ≥ 2 (Student t over its runs): a band along a line
-    whose x grows (IPC), error bars where x is not ordered (seconds) or for a single point."""
-    half = [stats.interval(stats.Summary(m, s, int(k))) for m, s, k in zip(mean, std, n)]
-    keep = [h is not None for h in half]
-    if sum(keep) >= 1:
-        xs = [a for a, k in zip(x, keep) if k]
-        lo = [m - h for m, h, k in zip(mean, half, keep) if k]
-        hi = [m + h for m, h, k in zip(mean, half, keep) if k]
-        if len(xs) == 1 or not band:
-            ax.errorbar(xs, [(a + b) / 2 for a, b in zip(lo, hi)], yerr=[(b - a) / 2 for a, b in zip(lo, hi)],
-                        fmt="none", ecolor=colour, capsize=4, alpha=0.6)
-        else:
-            ax.fill_between(xs, lo, hi, color=colour, alpha=0.15, linewidth=0)
+def _footnote(part: pd.DataFrame, cols: int) -> str:
+    """Under the panels: what a whisker is, the n of the points, the device(s)."""
+    lo, hi = int(part["n_sets"].min()), int(part["n_sets"].max())
+    n = f"{lo}" if lo == hi else f"{lo}–{hi}"
+    devices = sorted({d for ds in part["devices"] for d in str(ds).split("; ") if d}) or ["not recorded"]
+    text = (f"Point: mean over distilled sets (evaluations of a set averaged first); whisker: 95\u00a0% interval over "
+            f"sets (Student t), n = {n} set{'' if hi == 1 else 's'} per point. Hollow marker: 1 set, whisker = std "
+            f"of its evaluations. Device: {'; '.join(devices)}.")
+    return textwrap.fill(text, int(TITLE_CHARS * cols * 1.25))
 
 
-def _draw_line(ax, line: pd.DataFrame, x: str, field: str, label: str, method: str, band: bool = True) -> None:
-    colour = method_colour(method)
-    reference = method == BASELINE
-    wrapped = textwrap.fill(label + (" (reference)" if reference else ""), 30)
-    ax.plot(line[x], line[f"{field}_mean"], color=colour, marker="s" if reference else "o", markersize=4,
-            linestyle="--" if reference else "-", linewidth=2.0 if reference else 1.5, label=wrapped,
-            zorder=1 if reference else 2)
-    _band(ax, list(line[x]), list(line[f"{field}_mean"]), list(line[f"{field}_std"]), list(line["n"]), colour, band)
+def _mark(ax, x, y, half, one_set: bool, colour: str, marker: str, label: str | None, horizontal=False,
+          zorder=3) -> None:
+    """One point with its whisker; hollow when it stands for a single set."""
+    face = "white" if one_set else colour
+    err = None if half is None or (isinstance(half, float) and math.isnan(half)) else half
+    kw = {"xerr": err} if horizontal else {"yerr": err}
+    ax.errorbar([x], [y], **kw, fmt=marker, color=colour, markerfacecolor=face, markeredgecolor=colour,
+                markersize=7, capsize=3, elinewidth=1.2, label=label, zorder=zorder)
 
 
 def _family(df: pd.DataFrame) -> str:
@@ -159,25 +183,31 @@ def _family(df: pd.DataFrame) -> str:
 
 
 def _figures(df: pd.DataFrame, output, what: str, draw: Callable) -> list[tuple[Path, tuple[int, int]]]:
-    """One figure per FIGURE_KEYS value, one panel per network; `draw(ax, panel)` draws a panel's lines."""
+    """One figure per FIGURE_KEYS value, one panel per network; `draw(ax, panel, styles)` draws a panel."""
+    from matplotlib.lines import Line2D
+
     written = []
     for key in _figure_keys(df):
         part = _select(df, FIGURE_KEYS, key)
         archs = sorted(part["arch"].unique(), key=arch_order)
+        styles = variant_styles(part["label"])
         fig, axes = _figure(len(archs))
         for ax, arch in zip(axes, archs):
-            draw(ax, part[part["arch"] == arch])
-            ax.set_title(arch, fontsize="medium")
+            draw(ax, part[part["arch"] == arch], styles)
+            ax.set_title(f"evaluated on {arch}", fontsize="medium")
             ax.grid(alpha=0.3)
-        handles: dict = {}
-        for ax in axes[:len(archs)]:
-            for h, lb in zip(*ax.get_legend_handles_labels()):
-                handles.setdefault(lb, h)
-        fig.legend(list(handles.values()), list(handles), loc="outside right upper", fontsize="small",
-                   title="method", title_fontsize="small")
+        handles = [Line2D([], [], color=c, marker=m, markersize=7, linestyle="none",
+                          label=textwrap.fill(lb + (" (reference)" if c == REFERENCE else ""), 30))
+                   for lb, (c, m) in styles.items()]
+        if (part["n_sets"] == 1).any():
+            handles.append(Line2D([], [], color="#444", marker="o", markerfacecolor="white", linestyle="none",
+                                  label="hollow: 1 set\n(whisker: std of its\nevaluations)"))
+        fig.legend(handles=handles, loc="outside right upper", fontsize="small", title="column",
+                   title_fontsize="small")
         cols = min(MAX_COLS, len(archs))
         panels_w = cols * PANEL_IN[0] / (cols * PANEL_IN[0] + LEGEND_IN)  # centred over the panels, not the legend
         fig.suptitle(_suptitle(key, _family(part), what, cols), fontsize="medium", x=panels_w / 2)
+        fig.supxlabel(_footnote(part, cols), fontsize="x-small", x=panels_w / 2)
         path = figure_path(output, key)
         written.append((path, _save(fig, path)))
     return written
@@ -192,60 +222,77 @@ def _family_facts(group: list[Mapping]) -> dict:
     return {"family": "/".join(sorted({(r.get("protocol_config") or {}).get("family") or "" for r in group}))}
 
 
+def axis_label(metric: str) -> str:
+    return {"last": "test accuracy (%) after the last epoch", "best": "best test accuracy (%) over the epochs"}[metric]
+
+
 # ---------------------------------------------------------------------------------------------- accuracy vs IPC
 
 def plot_ipc(records: Iterable[Mapping], output: str | Path, metric: str = "last") -> list[tuple[Path, tuple[int, int]]]:
-    """Per (dataset, protocol): accuracy (mean, 95 % band) against IPC, a line per method; [(file, (w, h))]."""
-    df = _summary_frame(records, metric, extra=_family_facts)
-    field = METRICS[metric][0]
+    """Per (dataset, protocol): accuracy against IPC, a column per colour and marker; a panel at one IPC is a
+    dot-and-whisker plot sorted by mean. [(file, (w, h))]."""
+    df = _summary_frame(records, metric)
 
-    def draw(ax, panel):
-        for label, method in _labels_in_order(panel):
-            _draw_line(ax, panel[panel["label"] == label].sort_values("ipc"), "ipc", field, label, method)
+    def draw(ax, panel, styles):
+        if panel["ipc"].nunique() == 1:
+            _dot_whisker(ax, panel, styles, metric)
+            return
+        labels = _labels_in_order(panel)
+        for i, (label, method) in enumerate(labels):
+            colour, marker = styles[label]
+            line = panel[panel["label"] == label].sort_values("ipc")
+            # a small sideways dodge per column (in log units) so points at one IPC do not hide each other
+            xs = [x * 10 ** (DODGE * (i - (len(labels) - 1) / 2)) for x in line["ipc"]]
+            ax.plot(xs, line["mean"], color=colour, linewidth=0.9, alpha=0.6,
+                    linestyle="--" if colour == REFERENCE else "-", zorder=1)
+            for x, y, h, n in zip(xs, line["mean"], line["half"], line["n_sets"]):
+                _mark(ax, x, y, h, n == 1, colour, marker, None)
         ipcs = sorted(panel["ipc"].unique())
         ax.set_xscale("log")  # IPC grids are geometric (1, 10, 50, 100)
         ax.set_xticks(ipcs, [str(i) for i in ipcs])
         ax.minorticks_off()
-        ax.set(xlabel="images per class", ylabel=f"{field} (%)")
+        ax.set(xlabel="images per class (IPC, log scale)", ylabel=axis_label(metric))
 
     return _figures(df, output, "accuracy vs IPC", draw)
 
 
+def _dot_whisker(ax, panel: pd.DataFrame, styles, metric: str) -> None:
+    """One IPC: a row per column, sorted by mean (best on top), the n of sets written beside each whisker."""
+    rows = panel.sort_values("mean")
+    for y, r in enumerate(rows.itertuples(index=False)):
+        colour, marker = styles[r.label]
+        _mark(ax, r.mean, y, r.half, r.n_sets == 1, colour, marker, None, horizontal=True)
+        ax.annotate(f"{r.n_sets} set{'s' if r.n_sets != 1 else ''}", (r.mean, y), textcoords="offset points",
+                    xytext=(0, 7), ha="center", fontsize="x-small", color="#333")
+    ax.set_yticks(range(len(rows)), [textwrap.fill(lb, 22) for lb in rows["label"]], fontsize="small")
+    ax.set_ylim(-0.7, len(rows) - 0.3)
+    ax.set(xlabel=f"{axis_label(metric)} at IPC {int(panel['ipc'].iloc[0])}")
+
+
 # ---------------------------------------------------------------------------------------------- accuracy vs time
 
-def distill_seconds(records: list[Mapping]) -> float | None:
-    """Distillation cost of one cell: the one-off `prepare` (counted once: the largest over seeds, since it is
-    cached after the first) + the mean `distill` time per distilled set. None when no record has timings."""
-    per_seed: dict[int, Mapping] = {}
-    for r in records:
-        per_seed.setdefault(r["seed"], r.get("timings") or {})
-    distill = [t["distill"] for t in per_seed.values() if "distill" in t]
-    if not distill:
-        return None
-    prepare = max((t.get("prepare", 0.0) for t in per_seed.values()), default=0.0)
-    return prepare + sum(distill) / len(distill)
-
-
 def plot_time(records: Iterable[Mapping], output: str | Path, metric: str = "last") -> list[tuple[Path, tuple[int, int]]]:
-    """Per (dataset, protocol): accuracy (mean, 95 % band) against distillation seconds (timings.prepare +
-    timings.distill), a line per method through its IPCs, each point labelled with its IPC."""
-    df = _summary_frame(records, metric, extra=lambda group: {"seconds": distill_seconds(group),
-                                                              **_family_facts(group)})
-    field = METRICS[metric][0]
+    """Per (dataset, protocol): accuracy against distillation seconds (timings.prepare + timings.distill), a
+    point per (column, IPC) labelled with its IPC; no lines (they would join IPCs across the time axis)."""
+    df = _summary_frame(records, metric, extra=lambda group: {"seconds": distill_seconds(group)})
     df = df[df["seconds"].notna()].copy()
     if df.empty:
         raise ConfigError("no result has distillation timings (timings.distill); sets scored with "
                           "`ddbench evaluate` have none: plot --kind ipc instead")
     df["seconds"] = df["seconds"].astype(float).clip(lower=1e-3)  # a log axis drops 0 s (instant selection rules)
 
-    def draw(ax, panel):
+    def draw(ax, panel, styles):
+        one_ipc = panel["ipc"].nunique() == 1  # then the axis label names it, not every point
         for label, method in _labels_in_order(panel):
-            line = panel[panel["label"] == label].sort_values("ipc")
-            _draw_line(ax, line, "seconds", field, label, method, band=False)
-            for x, y, ipc in zip(line["seconds"], line[f"{field}_mean"], line["ipc"]):
-                ax.annotate(f"{ipc}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+            colour, marker = styles[label]
+            for r in panel[panel["label"] == label].itertuples(index=False):
+                _mark(ax, r.seconds, r.mean, r.half, r.n_sets == 1, colour, marker, None)
+                if not one_ipc:
+                    ax.annotate(f"IPC {r.ipc}", (r.seconds, r.mean), textcoords="offset points", xytext=(5, 4),
+                                fontsize="x-small")
         ax.set_xscale("log")  # costs span orders of magnitude (selection: seconds, diffusion: hours)
-        ax.set(xlabel="distillation time (s): prepare + distill", ylabel=f"{field} (%)")
+        at = f", all at IPC {int(panel['ipc'].iloc[0])}" if one_ipc else ""
+        ax.set(xlabel=f"distillation time (s, log scale): prepare + distill{at}", ylabel=axis_label(metric))
 
     return _figures(df, output, "accuracy vs time", draw)
 

@@ -171,29 +171,32 @@ LRS_LAMBDA = 0.5  # DD-Ranking's default `lrs_lambda`
 class DDRankingScores:
     hlr: float | None   # hard-label recovery: full − set (hard labels), accuracy points; lower is better
     ior: float | None   # improvement over random: set − random (same label type), points; higher is better
-    lrs: float | None   # label-robust score (%), higher is better
+    lrs: float | None   # label-robust score, the package's number (a plain number, not a %); higher is better
 
 
 def ddranking_scores(full_hard: float | None, syn_hard: float | None, syn: float | None, random: float | None,
                      lam: float = LRS_LAMBDA) -> DDRankingScores:
-    """DD-Ranking 0.2.0's scores from mean accuracies in %, as `LabelRobustScoreHard/Soft.compute_metrics`
+    """DD-Ranking 0.2.0's scores from mean accuracies in %, exactly as `LabelRobustScoreHard/Soft.compute_metrics`
     (ddranking/metrics/hard_label.py and soft_label.py) compute them:
 
         hlr = full_hard − syn_hard;  ior = syn − random;  alpha = lam·ior − (1 − lam)·hlr
         lrs = (exp(alpha) − exp(−1)) / (exp(1) − exp(−1))
 
     `syn` and `random` are the set's and the random subset's accuracies under the table's own labels (hard in
-    the hard-label class, soft in the soft-label one), `syn_hard` the set's hard-label accuracy. alpha is taken
-    on accuracies as fractions (÷ 100), where LRS lies in [0, 1] as the DD-Ranking paper defines it, and shown
-    × 100; the package passes percentages to exp, where any gap of a few points saturates LRS at −0.157.
-    None where an input is missing."""
+    the hard-label class, soft in the soft-label one), `syn_hard` the set's hard-label accuracy. Percentages,
+    because the package's own accuracies are (its `validate` returns top-1 × 100, its cached full-data
+    accuracies are 56.5 and 46.4), so alpha is in points: LRS is ≈ −0.157 once HLR exceeds IOR by a few points
+    and grows as exp(alpha) above. None where an input is missing; an LRS beyond a float is None (overflow)."""
     hlr = None if full_hard is None or syn_hard is None else full_hard - syn_hard
     ior = None if syn is None or random is None else syn - random
     if hlr is None or ior is None:
         return DDRankingScores(hlr, ior, None)
-    alpha = lam * ior / 100 - (1 - lam) * hlr / 100
-    lrs = (math.exp(alpha) - math.exp(-1)) / (math.exp(1) - math.exp(-1))
-    return DDRankingScores(hlr, ior, 100 * lrs)
+    alpha = lam * ior - (1 - lam) * hlr
+    try:
+        lrs = (math.exp(alpha) - math.exp(-1)) / (math.exp(1) - math.exp(-1))
+    except OverflowError:
+        lrs = None
+    return DDRankingScores(hlr, ior, lrs)
 
 
 # ---------------------------------------------------------------------------------------------- reproduction

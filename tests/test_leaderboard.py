@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from contextlib import redirect_stdout
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 from ddbench import leaderboard as lb
-from ddbench.leaderboard import render
+from ddbench.leaderboard import budget, render
 from ddbench import plots
 from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
@@ -180,8 +181,8 @@ def test_html_escapes_and_carries_sort_values(store_dir):
     text = render.render_html(lb.build_tables(stored(store_dir, protocol_version="1")), stamp=STAMP)
     assert "<td data-v=\"83.0\">83.00 ± 4.97</td>" in text
     assert "row&#x27;s mean" in text and text.count("<table ") == 3 and text.count("<details>") == 3
-    assert "<li><strong>rank</strong>: rows sorted by mean" in text and "**" not in text
-    assert "<code>smoke scale</code> <code>CPU</code> · hard labels" in text
+    assert "<dt>rank</dt><dd>rows sorted by mean" in text and "**" not in text
+    assert '<span class="badge">smoke scale: CPU</span>' in text and "<li>device: cpu (2 cores)</li>" in text
 
 
 def test_csv_is_long_form_with_gain(store_dir):
@@ -243,17 +244,63 @@ def test_one_figure_per_dataset_and_protocol_with_the_documented_pixel_size(stor
         written = plots.PLOTS[kind](recs, tmp_path / f"{kind}.png")
         assert [p.name for p, _ in written] == [f"{kind}-digits-dc-v1.png", f"{kind}-digits-dc-v2.png"]
         for (path, size), panels in zip(written, (2, 1)):
-            # panels × 500 px + 240 px legend column, 400 px + 80 px title strip
-            assert size == (panels * 500 + 240, 480)
+            # panels × 500 px + 240 px legend column, 400 px + 80 px title strip + 50 px footnote
+            assert size == (panels * 500 + 240, 530)
             with Image.open(path) as im:
                 assert im.size == size
 
 
-def test_every_method_keeps_its_colour_and_random_is_the_grey_reference():
-    assert plots.method_colour("random") == plots.REFERENCE
-    colours = {m: plots.method_colour(m) for m in ("herding", "kcenter", "mgd3", "minimax", "dit", "acs")}
-    assert len(set(colours.values())) == len(colours) and plots.REFERENCE not in colours.values()
-    assert plots.method_colour("external:mine") == plots.method_colour("external:mine")  # stable for any name
+def test_every_column_has_its_own_colour_and_marker_and_random_is_the_grey_reference():
+    labels = ["random", "herding", "kcenter", "mgd3 v2", "mgd3 v3", "dit", "dit [sampler=ddim]", "acs [g=0.01]",
+              "igd", "igd [gamma=0]", "minimax", "cudd", "sre2l", "acs-minimax [g=0.01]"]
+    styles = plots.variant_styles(labels)
+    assert styles["random"] == (plots.REFERENCE, "s") and set(styles) == set(labels)
+    assert len(set(styles.values())) == len(labels)                       # no two columns look alike
+    assert all(c in plots.OKABE_ITO for lb, (c, _) in styles.items() if lb != "random")
+    assert plots.variant_styles(reversed(labels)) == styles              # by label, not by arrival order
+
+
+def _colours_in(path) -> set[tuple[int, int, int]]:
+    with Image.open(path) as im:
+        return {c for _, c in im.convert("RGB").getcolors(1 << 20)}
+
+
+@pytest.mark.parametrize("kind", ["ipc", "time"])
+def test_figures_draw_each_column_in_its_colour_and_state_the_interval(tmp_path, kind):
+    """Three columns at one IPC (a dot-and-whisker panel) and at two IPCs: every column's colour is in the PNG."""
+    recs = [dict(record(m, ipc, "convnet3", seed, acc + seed + ipc, eval_seed=e), distilled_sha256=f"{m}{ipc}{seed}")
+            for m, acc in (("random", 50.0), ("herding", 60.0), ("kcenter", 55.0)) for ipc in (1, 10)
+            for seed in range(3) for e in range(2)]
+    for name, part in (("one-ipc", [r for r in recs if r["ipc"] == 10]), ("two-ipcs", recs)):
+        ((path, _),) = plots.PLOTS[kind](part, tmp_path / f"{name}.png")
+        found = _colours_in(path)
+        for label, (colour, _) in plots.variant_styles(["random", "herding", "kcenter"]).items():
+            rgb = tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
+            assert rgb in found, f"{label}'s colour {colour} is not drawn in {path.name}"
+        assert plots.OKABE_ITO[2] not in {f"#{r:02X}{g:02X}{b:02X}" for r, g, b in found}  # a fourth column: none
+
+
+def test_two_level_statistics_count_sets():
+    """Evaluations of a set are averaged first; n = sets; one set: the std of its evaluations, flagged by n."""
+    two_sets = [{"distilled_sha256": "a", "acc_last": 80.0}, {"distilled_sha256": "a", "acc_last": 82.0},
+                {"distilled_sha256": "b", "acc_last": 90.0}, {"distilled_sha256": "b", "acc_last": 90.0}]
+    got = plots.set_level(two_sets, "acc_last")
+    # set means 81 and 90: mean 85.5, sd 6.364, t(0.975, 1) = 12.706 -> 12.706 · 6.364 / √2
+    assert (got["mean"], got["n_sets"], got["n_evals"]) == (85.5, 2, 4)
+    assert got["half"] == pytest.approx(12.7062047 * 6.3639610 / math.sqrt(2), rel=1e-6)
+    one = plots.set_level(two_sets[:2], "acc_last")
+    assert (one["mean"], one["n_sets"]) == (81.0, 1) and one["half"] == pytest.approx(math.sqrt(2.0))
+
+
+def test_figures_count_units_as_the_tables_do():
+    """A deterministic method (three seeds, one set): its evaluations are the units, in the figure as in the
+    table (`tables.cell_summary`), not one hollow 1-set point."""
+    same_set = [{"seed": s, "distilled_sha256": "a", "acc_last": v} for s, v in ((0, 80.0), (1, 82.0), (2, 84.0))]
+    got = plots.set_level(same_set, "acc_last")
+    table = lb.cell_summary(same_set, "acc_last")
+    assert table.deterministic and (got["mean"], got["n_sets"]) == (table.mean, table.n) == (82.0, 3)
+    assert got["half"] == pytest.approx(4.3026527 * 2.0 / math.sqrt(3), rel=1e-6)
+    assert plots.distill_seconds is budget.distill_seconds  # one definition of a cell's distillation time
 
 
 def test_figure_names_and_titles_fit():
@@ -297,7 +344,7 @@ def test_plot_and_grid_commands(store_dir, tmp_path):
     assert main(["plot", "--out", str(store_dir), "--protocol", "dc", "--kind", "time", "--metric", "best",
                  "--output", str(tmp_path / "t.png")]) == 0
     with Image.open(tmp_path / "t-digits-dc-v1.png") as im:  # dc v1: convnet3, resnetap10 -> 2 panels
-        assert im.size == (2 * 500 + 240, 480)
+        assert im.size == (2 * 500 + 240, 530)
     images = torch.zeros(4, 3, 100, 100, dtype=torch.uint8)
     DistilledSet(images, torch.tensor([0, 0, 1, 1]), ("a", "b")).save(tmp_path / "set")
     assert main(["grid", str(tmp_path / "set"), "--max-per-class", "5"]) == 0

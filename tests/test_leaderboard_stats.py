@@ -224,7 +224,7 @@ def test_the_whole_split_is_in_every_ipc_table_with_shares_and_scores():
     d = ipc1["herding v1"].ddr
     assert (d.hlr, d.ior) == (pytest.approx(96.0 - 72.0), pytest.approx(72.0 - 62.0))
     assert ipc10["dit v1"].ddr is None and ipc10["dit v1"].share == pytest.approx(100 * 90.5 / 96.0)  # one set
-    assert tables[0].columns()[5:9] == ["HLR", "IOR", "LRS (%)", "% of whole"]
+    assert tables[0].columns()[5:9] == ["HLR", "IOR", "LRS", "% of whole"]
     assert tables[1].badges == ["smoke scale", "self-trained generator", "CPU"]
 
 
@@ -236,7 +236,7 @@ def ddranking_reference(full_hard, syn_hard, syn, rand, lam=0.5):
         ior = 1.00 * (syn_data_hard_label_acc - random_data_hard_label_acc)
         alpha = lrs_lambda * ior - (1 - lrs_lambda) * hlr
         lrs = (np.exp(alpha) - np.exp(-1)) / (np.exp(1) - np.exp(-1))
-    The package passes accuracies in %; the scores below feed alpha accuracies as fractions (docs)."""
+    The package's accuracies are in % (`validate` returns top-1 × 100, ddranking/utils/meter.py `accuracy`)."""
     import numpy as np
 
     hlr = 1.00 * (full_hard - syn_hard)
@@ -247,14 +247,21 @@ def ddranking_reference(full_hard, syn_hard, syn, rand, lam=0.5):
 
 
 @pytest.mark.parametrize("full, syn_hard, syn, rand", [(93.5, 70.1, 70.1, 65.0), (56.5, 21.0, 40.2, 12.5),
-                                                       (90.0, 95.0, 97.0, 20.0), (50.0, 10.0, 10.0, 30.0)])
+                                                       (90.0, 95.0, 97.0, 20.0), (50.0, 10.0, 10.0, 30.0),
+                                                       (56.5, 55.0, 56.0, 54.0)])
 def test_ddranking_parity(full, syn_hard, syn, rand):
+    """The package's inputs, in %: the same HLR, IOR and LRS, to the last digit."""
     got = stats.ddranking_scores(full, syn_hard, syn, rand)
-    hlr, ior, _ = ddranking_reference(full, syn_hard, syn, rand)  # points, as the package reports them
-    _, _, lrs = ddranking_reference(full / 100, syn_hard / 100, syn / 100, rand / 100)
-    assert (got.hlr, got.ior, got.lrs) == (pytest.approx(hlr), pytest.approx(ior), pytest.approx(100 * lrs))
-    assert 0 <= got.lrs <= 100
+    hlr, ior, lrs = ddranking_reference(full, syn_hard, syn, rand)
+    assert (got.hlr, got.ior, got.lrs) == (pytest.approx(hlr), pytest.approx(ior), pytest.approx(float(lrs)))
     assert stats.ddranking_scores(None, syn_hard, syn, rand) == stats.DDRankingScores(None, pytest.approx(ior), None)
+
+
+def test_lrs_is_printed_without_e_notation():
+    from ddbench.leaderboard.tables import lrs_text
+
+    assert lrs_text(stats.ddranking_scores(50.0, 10.0, 10.0, 30.0).lrs) == "-0.157"  # HLR ≫ IOR: saturated
+    assert lrs_text(12345.6) == "1.23 × 10^4" and lrs_text(None) == "–"
 
 
 # ---------------------------------------------------------------------- budget
@@ -373,10 +380,11 @@ def test_html_page_is_well_formed_and_its_numbers_equal_the_markdowns():
     checker.feed(page)
     checker.close()
     assert checker.stack == [] and page.startswith("<!DOCTYPE html>") and page.count("<table ") == 3
-    md_cells = [c.strip() for line in render.render_markdown(tables).splitlines()
-                if line.startswith("| ") and not line.startswith("| rank") for c in line[2:-2].split(" | ")]
-    assert checker.cells == md_cells
-    assert 'data-v="90.5"' in page and "th.addEventListener(\"click\"" in page  # sortable by the means
+    md_rows = [[c.strip() for c in line[2:-2].split(" | ")] for line in render.render_markdown(tables).splitlines()
+               if line.startswith("| ") and not line.startswith("| rank")]
+    assert checker.cells == [c for row in md_rows for c in [row[0]] + row[2:]]  # the method: the row's header
+    assert '<th scope="row" data-v="random v1"><a href="../methods/random.yaml">random v1</a></th>' in page
+    assert 'data-v="90.5"' in page and '<button type="button"' in page  # sortable by the means
 
 
 def test_reproduction_pairs_are_protocols_not_source_notes():

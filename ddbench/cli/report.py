@@ -66,7 +66,10 @@ def cmd_leaderboard(p: argparse.ArgumentParser):
     p.add_argument("--all-versions", action="store_true",
                    help="md/html: add an archive section with the results of superseded card versions")
     p.add_argument("--set-metrics", action="store_true",
-                   help="md: also a table per dataset of the distilled sets' diversity / coverage / MMD² (docs/metrics.md)")
+                   help="md/html: also a table per dataset of the distilled sets' diversity / coverage / MMD² "
+                        "(docs/metrics.md)")
+    p.add_argument("--figures", nargs="+", default=[], metavar="PNG",
+                   help="md/html: link these figures (`ddbench plot` output) from the page, relative to --output")
     p.add_argument("--reproduction", action="store_true",
                    help="md/html: instead of the tables, every number the method cards report vs the measured one: "
                         "Δ, its interval and an equivalence verdict (reproduced, gap, inconclusive, too few sets, "
@@ -96,13 +99,59 @@ def cmd_leaderboard(p: argparse.ArgumentParser):
         if not tables:
             raise ConfigError("no results match these filters; nothing to tabulate (check --out/--jsonl, "
                               "--dataset and --protocol)")
-        if args.set_metrics and args.format != "md":
-            raise ConfigError("--set-metrics is written as markdown only; drop it or use --format md")
-        text = RENDERERS[args.format](tables, command=command, all_versions=args.all_versions or args.format == "csv")
+        if (args.set_metrics or args.figures) and args.format == "csv":
+            raise ConfigError("--set-metrics and --figures are written as md or html; use --format md or html")
+        figures = _figures(args, records)
+        if args.format == "html":
+            from ..leaderboard.pages import leaderboard_page
+
+            write_text(leaderboard_page(tables, records, command, args.set_metrics, figures, args.all_versions),
+                       args.output)
+            return
+        if args.format == "md":
+            from ..leaderboard.render import render_markdown
+
+            links = _figure_links(tables, figures, args.all_versions)
+            text = render_markdown(tables, command=command, all_versions=args.all_versions, figures=links)
+        else:
+            text = RENDERERS[args.format](tables, command=command, all_versions=True)
         if args.set_metrics:
             text += "\n" + render_set_metrics(records)
+        if figures:
+            text += "\n## Figures\n\n" + "\n".join(f"- [{f.caption}]({f.src})" for f in figures) + "\n"
         write_text(text, args.output)
     return handler
+
+
+def _as_glob(paths: list[str]) -> str:
+    """"figures/*.png" when the paths are every PNG of one folder (as the shell expanded it), else the list."""
+    folders = {str(Path(p).parent) for p in paths}
+    if len(folders) == 1 and all(p.endswith(".png") for p in paths):
+        (folder,) = folders
+        if {str(p) for p in Path(folder).glob("*.png")} == {str(Path(p)) for p in paths}:
+            return f"{folder}/*.png"
+    return " ".join(paths)
+
+
+def _figures(args, records) -> list:
+    """--figures as page links (relative to --output); a missing file is an error, not a broken link."""
+    from ..leaderboard.pages import figures_for
+
+    missing = [f for f in args.figures if not Path(f).is_file()]
+    if missing:
+        raise ConfigError(f"--figures: no file {missing[0]}; write the figures first (`ddbench plot --output …`)")
+    return figures_for(args.figures, args.output, {r["dataset"] for r in records})
+
+
+def _figure_links(tables, figures: list, all_versions: bool) -> dict:
+    """Table id -> its figures (captioned with their protocol setting; `figures` is updated in place)."""
+    from ..leaderboard.pages import attach_figures
+    from ..leaderboard.render import shown_tables, table_sections
+
+    shown = shown_tables(tables, all_versions)
+    sections = table_sections(shown, all_versions=True)
+    figures[:] = attach_figures(list(zip(shown, sections)), figures)
+    return {s.id: s.figures for s in sections}
 
 
 def _reproduction(records, args, command: str) -> str:
@@ -140,6 +189,8 @@ def _leaderboard_command(args) -> str:
         parts.append(f"--margin {args.margin:g}")
     if args.format != "md":
         parts.append(f"--format {args.format}")
+    if getattr(args, "figures", None):
+        parts.append(f"--figures {_as_glob(args.figures)}")
     return " ".join(parts)
 
 

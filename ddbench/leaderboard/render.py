@@ -4,20 +4,24 @@ A page reads itself: a generated header (title, date, commit, the command, the d
 current tables (one per setting, methods as rows, the scale badge above each), each table's provenance in a
 collapsible <details> block, and the superseded card versions in an archive section at the end (with
 `all_versions`; otherwise a line says how many there are). Markdown and HTML print the same texts cell for
-cell; the HTML page sorts a table by any column when its header is clicked. Layout: docs/leaderboards.md.
+cell; the HTML page itself (filter, contents, sticky headers, keyboard sorting) is `leaderboard.html`, fed by
+`table_sections` here and the adapters in `leaderboard.pages`. Layout: docs/leaderboards.md.
 """
 from __future__ import annotations
 
+import hashlib
 import html
 import io
-import math
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Mapping
 
 import pandas as pd
 
 from .. import stats
+from .html import Section, slug, unique_ids
+from .links import links_for
 from .tables import BASELINE, DASH, METRICS, Table, dataset_name
 
 FAMILIES = {"hard": "hard labels", "soft": "soft labels"}
@@ -34,14 +38,20 @@ def generated_line(command: str, devices: list[str], stamp: tuple[str, str] | No
 
 
 def checkout_commit() -> str:
-    """`git describe --always --dirty` of the ddbench checkout, else "unknown"."""
+    """The ddbench checkout's short commit, + "-dirty" when code differs from it; the published files under
+    `leaderboards/` do not count (regenerating them rewrites them before the page is written). "unknown"
+    outside a git checkout."""
     root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10).stdout
+
     try:
-        out = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True,
-                             text=True, timeout=10)
-        return out.stdout.strip() or "unknown"
+        commit = git("rev-parse", "--short", "HEAD").strip()
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)leaderboards").strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    return (commit + ("-dirty" if dirty else "")) if commit else "unknown"
 
 
 def glossary(metric: str) -> list[str]:
@@ -64,8 +74,10 @@ def glossary(metric: str) -> list[str]:
         "epoch count, in its label); IPC does not apply, so it appears in every IPC table. **% of whole**: the "
         "row's mean as a share of it.",
         "**HLR / IOR / LRS**: DD-Ranking's hard-label recovery (whole − set, hard labels; lower is better), "
-        "improvement over random (set − random; higher is better) and label-robust score (%, higher is better), "
-        "on the cell means; docs/leaderboards.md says how records map to DD-Ranking's inputs.",
+        "improvement over random (set − random; higher is better) and label-robust score (higher is better), "
+        "on the cell means in %, exactly as the `ddranking` package computes them: LRS = (e^α − e^−1) / (e − "
+        "e^−1), α = (IOR − HLR) / 2 in points, so it is ≈ −0.157 once HLR exceeds IOR by a few points; "
+        "docs/leaderboards.md says how records map to DD-Ranking's inputs.",
         "**set / stored labels / teacher / total**: bytes the student needs besides its network (hard labels "
         "cost nothing to store; a soft-label protocol ships its teacher). **distill s**: one-off preparation + "
         "mean distillation per set; **eval s / model**: training + testing per model; device seconds on the "
@@ -109,28 +121,32 @@ def markdown_table(head: list[str], rows: list[list[str]], right: int = 1) -> li
     return lines + ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
 
 
-def markdown_section(t: Table, level: str = "##") -> str:
+def markdown_section(t: Table, level: str = "##", figures: Mapping[str, list] | None = None) -> str:
+    """One table: title, caption, the table, its figures (`figures`: table id -> [html.Figure]), provenance."""
     lines = [f"{level} {t.title()}", "", caption(t), ""]
     lines += markdown_table(t.columns(), [t.texts(r) for r in t.rows])
+    found = (figures or {}).get(table_id(t), [])
+    if found:
+        lines += ["", "Figures: " + " · ".join(f"[{f.short or f.caption}]({f.src})" for f in found)]
     lines += ["", "<details><summary>provenance</summary>", ""] + [f"- {x}" for x in t.details()] + \
              ["", "</details>", ""]
     return "\n".join(lines)
 
 
 def render_markdown(tables: list[Table], command: str = "ddbench leaderboard", all_versions: bool = False,
-                    stamp: tuple[str, str] | None = None) -> str:
+                    stamp: tuple[str, str] | None = None, figures: Mapping[str, list] | None = None) -> str:
     current = [t for t in tables if t.current]
     old = [t for t in tables if not t.current]
     metric = tables[0].metric if tables else "last"
     header = generated_line(command, devices_of(tables), stamp) + [changes_line(tables)]
     parts = [f"# {PAGE_TITLE}", "", *[f"{x}  " for x in header[:-1]], header[-1], "",
              "## Glossary", "", *[f"- {x}" for x in glossary(metric)], ""]
-    parts += [markdown_section(t) for t in current]
+    parts += [markdown_section(t, figures=figures) for t in current]
     if old and all_versions:
         parts += ["## Archive: superseded card versions", "",
                   "Rows and tables made by older method or protocol card versions (or by the same version before "
                   "the card gained a setting); kept for the record, never compared with the current ones.", ""]
-        parts += [markdown_section(t, "###") for t in old]
+        parts += [markdown_section(t, "###", figures) for t in old]
     elif old:
         parts += [f"{len(old)} table(s) of superseded card versions are not shown: `--all-versions` adds them.", ""]
     return "\n".join(parts).rstrip("\n") + "\n"
@@ -138,82 +154,85 @@ def render_markdown(tables: list[Table], command: str = "ddbench leaderboard", a
 
 # ---------------------------------------------------------------------------------------------- html
 
-SORT_SCRIPT = """
-for (const th of document.querySelectorAll("table.sortable th")) {
-  th.title = "sort by this column";
-  th.addEventListener("click", () => {
-    const body = th.closest("table").tBodies[0], i = th.cellIndex;
-    const dir = th.dataset.dir = th.dataset.dir === "desc" ? "asc" : "desc";
-    const key = tr => { const v = tr.cells[i].dataset.v; const x = parseFloat(v); return isNaN(x) ? v : x; };
-    const rows = [...body.rows].sort((a, b) => {
-      const x = key(a), y = key(b);
-      if (x === "" || y === "") return (x === "") - (y === "");   // empty cells last, either way
-      const c = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y));
-      return dir === "asc" ? c : -c;
-    });
-    for (const r of rows) body.appendChild(r);
-  });
-}
-"""
-STYLE = ("body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin-bottom:1em}"
-         "td,th{border:1px solid #ccc;padding:2px 6px;text-align:right;white-space:nowrap}"
-         "th{background:#f3f3f3;cursor:pointer;white-space:normal;max-width:12em;vertical-align:bottom}"
-         "p,li{margin:.2em 0;max-width:70em;font-size:90%}")
+def figure_key(t: Table) -> str:
+    """The suffix `ddbench.plots` gives the figures of a table's protocol setting (`plots.figure_path`):
+    dataset, protocol, version, the settings' short hash. Every IPC × network table of that setting links them."""
+    variant = hashlib.sha256(t.variant.encode()).hexdigest()[:6] if t.variant else ""
+    version = f"v{t.protocol_version}" if t.protocol_version is not None else ""
+    return slug(t.dataset, t.protocol, version, variant)
 
 
-def html_table(head: list[str], rows: list[list[str]], sort_values: list[list] | None = None) -> str:
-    """One sortable <table>; texts are escaped, "\\0…\\1" marks bold; `sort_values` give each td's data-v."""
-    esc = html.escape
-    out = ["<table class=\"sortable\">", "<thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead>",
-           "<tbody>"]
-    for i, texts in enumerate(rows):
-        values = sort_values[i] if sort_values else texts
-        cells = []
-        for text, v in zip(texts, values):
-            v = "" if isinstance(v, float) and math.isnan(v) else v
-            body = esc(text).replace("\0", "<strong>").replace("\1", "</strong>")
-            cells.append(f"<td data-v=\"{esc(str(v))}\">{body}</td>")
-        out.append("<tr>" + "".join(cells) + "</tr>")
-    return "\n".join(out + ["</tbody>", "</table>"])
+def table_id(t: Table) -> str:
+    """The anchor of a table: its figure key, IPC, network (+ "archive" for superseded card versions)."""
+    return slug(figure_key(t), f"ipc{t.ipc}", t.arch, "" if t.current else "archive")
 
 
-def html_page(sections: list[str], command: str, page_title: str = PAGE_TITLE) -> str:
-    return ("<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-            f"<title>{html.escape(page_title)}</title><style>{STYLE}</style></head>\n<body>\n"
-            f"<!-- generated by {html.escape(command)} from the results store; do not edit by hand -->\n"
-            + "\n".join(sections) + f"\n<script>{SORT_SCRIPT}</script>\n</body></html>\n")
+def shown_tables(tables: list[Table], all_versions: bool) -> list[Table]:
+    """The tables a page shows, in its order: the current ones, then (with `all_versions`) the superseded."""
+    return [t for t in tables if t.current] + [t for t in tables if not t.current and all_versions]
 
 
-def html_sections(tables: list[Table], all_versions: bool = False) -> list[str]:
-    esc = html.escape
+def table_sections(tables: list[Table], all_versions: bool = False) -> list[Section]:
+    """One page section per table: methods as rows (the sticky first column after the rank is the method, linked
+    to its card and paper), the caption's badges, the provenance behind a toggle; superseded card versions in
+    the "Archive" part (with `all_versions`)."""
     out = []
-    for t in tables:
-        if not t.current and not all_versions:
-            continue
-        out += [f"<h2>{esc(t.title())}</h2>", f"<p>{_html_marks(esc(caption(t)))}</p>",
-                html_table(t.columns(), [t.texts(r) for r in t.rows], [t.sort_values(r) for r in t.rows]),
-                "<details><summary>provenance</summary><ul>" + "".join(f"<li>{esc(x)}</li>" for x in t.details())
-                + "</ul></details>"]
+    for t in shown_tables(tables, all_versions):
+        head = t.columns()
+        order = [1, 0] + list(range(2, len(head)))   # method first: the sticky column names the row
+        rows = [[t.texts(r)[i] for i in order] for r in t.rows]
+        values = [[t.sort_values(r)[i] for i in order] for r in t.rows]
+        details = "".join(f"<p>{html.escape(x)}</p>" for x in t.details())
+        out.append(Section(
+            id=table_id(t), title=section_title(t), head=[head[i] for i in order], rows=rows, sort_values=values,
+            dataset=dataset_name(t.dataset), ipc=t.ipc, labels=t.label_type,
+            badges=page_badges(t),
+            links=links_for(r[0] for r in rows), details_html=details,
+            notes=[f"device: {', '.join(t.devices) or DASH}"],
+            part="Results" if t.current else "Archive: superseded card versions"))
+    return unique_ids(out)
+
+
+def section_title(t: Table) -> str:
+    """The table's title; a superseded table also names its settings (two archive tables of one setting
+    differ only there)."""
+    return t.title() if t.current or not t.variant else f"{t.title()} · settings: {t.variant}"
+
+
+def page_badges(t: Table) -> list[str]:
+    """The table's badges as the page shows them: "smoke scale: card modified / CPU" in one badge."""
+    scale = [b for b in t.badges if b not in ("smoke scale", "nonstandard subset")]
+    out = [("smoke scale: " + " / ".join(scale)) if scale else "smoke scale"] if "smoke scale" in t.badges else []
+    out += ["⚑ nonstandard subset"] if "nonstandard subset" in t.badges else []
+    return out + ([] if t.current else ["superseded card versions"])
+
+
+def glossary_terms(metric: str) -> dict[str, str]:
+    """`glossary` as the page's term -> meaning pairs (the bold term of each line, markdown marks dropped)."""
+    out = {}
+    for line in glossary(metric):
+        term, _, meaning = line.partition("**:")
+        out[term.strip("*").replace("**", "").replace("`", "")] = meaning.strip().replace("**", "").replace("`", "")
     return out
+
+
+def page_header(tables: list[Table], command: str, stamp: tuple[str, str] | None = None) -> dict[str, str]:
+    """The facts under the page title: date, commit, command, devices, the card changes (stated once)."""
+    date, commit = stamp or (datetime.now(timezone.utc).strftime("%Y-%m-%d"), checkout_commit())
+    old = sum(not t.current for t in tables)
+    return {"generated": f"{date} from ddbench commit {commit}, from the results store (never edited by hand)",
+            "command": command, "devices": ", ".join(devices_of(tables)) or DASH,
+            "protocol cards": changes_line(tables).replace("`", ""),
+            **({"archive": f"{old} table(s) of superseded card versions"} if old else {})}
 
 
 def render_html(tables: list[Table], command: str = "ddbench leaderboard", all_versions: bool = False,
                 stamp: tuple[str, str] | None = None) -> str:
-    esc = html.escape
-    metric = tables[0].metric if tables else "last"
-    lines = generated_line(command, devices_of(tables), stamp) + [changes_line(tables)]
-    head = [f"<h1>{PAGE_TITLE}</h1>"] + [f"<p>{_html_marks(esc(x))}</p>" for x in lines]
-    head += ["<h2>Glossary</h2>", "<ul>" + "".join(f"<li>{_html_marks(esc(x))}</li>" for x in glossary(metric))
-             + "</ul>"]
-    return html_page(head + html_sections(tables, all_versions), command)
+    """The tables as one offline page (`leaderboard.html.page`); `leaderboard.pages` adds set metrics and
+    figures."""
+    from .pages import leaderboard_page
 
-
-def _html_marks(text: str) -> str:
-    """The glossary's markdown marks (**bold**, `code`) as HTML tags, in already escaped text."""
-    parts = text.split("**")
-    text = "".join(p if i % 2 == 0 else f"<strong>{p}</strong>" for i, p in enumerate(parts))
-    parts = text.split("`")
-    return "".join(p if i % 2 == 0 else f"<code>{p}</code>" for i, p in enumerate(parts))
+    return leaderboard_page(tables, [], command, all_versions=all_versions, stamp=stamp)
 
 
 # ---------------------------------------------------------------------------------------------- csv

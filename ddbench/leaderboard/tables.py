@@ -149,7 +149,7 @@ class Table:
     def columns(self) -> list[str]:
         head = ["rank", "method", METRIC_COLUMNS[self.metric], "sets × evaluations", "Δ vs random"]
         if self.has_scores:
-            head += ["HLR", "IOR", "LRS (%)"]
+            head += ["HLR", "IOR", "LRS"]
         if self.has_whole:
             head += ["% of whole"]
         return head + ["set", "stored labels", "teacher", "total", "distill s", "eval s / model"]
@@ -161,7 +161,7 @@ class Table:
         if self.has_scores:
             d = row.ddr
             out += [_signed(None if d is None else d.hlr), _signed(None if d is None else d.ior),
-                    _fixed(None if d is None else d.lrs)]
+                    lrs_text(None if d is None else d.lrs)]
         if self.has_whole:
             out += [_fixed(row.share, 1)]
         b = row.budget
@@ -247,6 +247,16 @@ def labels_text(b: Mapping) -> str:
 
 def _signed(x: float | None) -> str:
     return DASH if x is None else f"{x:+.2f}"
+
+
+def lrs_text(x: float | None) -> str:
+    """DD-Ranking's LRS: three decimals; past 1000 (it grows as exp(IOR/2)) "1.23 × 10^4", never "1.23e+04"."""
+    if x is None:
+        return DASH
+    if abs(x) < 1000:
+        return f"{x:.3f}"
+    exponent = math.floor(math.log10(abs(x)))
+    return f"{x / 10 ** exponent:.2f} × 10^{exponent}"
 
 
 def _fixed(x: float | None, digits: int = 2) -> str:
