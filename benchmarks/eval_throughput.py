@@ -1,4 +1,4 @@
-"""Evaluation throughput of the multi-model trainer: K networks trained at once (`ddbench.train_many`) against
+"""Evaluation throughput of the multi-model trainer: K networks trained at once (`ddbench.engine.train_many`) against
 one at a time, and against the reference loop of `benchmarks/train_throughput.py`.
 
 For each configuration (protocol, network, IPC, K) the protocol's step (`dc`: ConvNet-3 at 32 px, batch 256,
@@ -27,11 +27,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ddbench.augment import IDCAugment, Normalize  # noqa: E402
+from ddbench.engine.augment import IDCAugment, Normalize  # noqa: E402
 from ddbench.data.spec import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from ddbench.nets import build_net  # noqa: E402
-from ddbench.train import CutMixCE  # noqa: E402
-from ddbench.train_many import evaluate_accuracies, train_classifiers  # noqa: E402
+from ddbench.nets.build import build_net  # noqa: E402
+from ddbench.engine.train import CutMixCE  # noqa: E402
+from ddbench.engine.train_many import evaluate_accuracies, train_classifiers  # noqa: E402
 from train_throughput import idc_reference_loader, reference_steps  # noqa: E402
 
 CONFIGS = {  # protocol -> (networks, side, batch, card epochs at IPC 10 / 50)
@@ -71,7 +71,7 @@ def train_k(arch, k, images, labels, side, batch, protocol, epochs, device):
 
 
 def test_k(nets, test_x, test_y, device) -> float:
-    from ddbench.train_many import ModelStack
+    from ddbench.engine.train_many import ModelStack
 
     model = ModelStack([n.to(device) for n in nets]) if len(nets) > 1 else nets[0].to(device)
     tf = Normalize(IMAGENET_MEAN[:test_x.shape[1]], IMAGENET_STD[:test_x.shape[1]])

@@ -35,7 +35,7 @@ log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 summarise() {  # the records of a run directory as JSON lines: method, dataset, timings, peak memory
   "$PY" - "$1" <<'EOF'
 import json, sys
-from ddbench.store import ResultStore
+from ddbench.records.store import ResultStore
 keep = ("method", "dataset", "ipc", "seed", "arch", "eval_seed", "acc_last", "timings", "peak_mem", "device")
 for rec in ResultStore(f"{sys.argv[1]}/results.db").query():
     print(json.dumps({k: rec.get(k) for k in keep}))

@@ -17,7 +17,7 @@ from ddbench.data import get_dataset, load_split
 from ddbench.distilled import DistilledSet
 from ddbench.method import default_cache_dir
 from ddbench.features import feature_network
-from ddbench.teacher import predict
+from ddbench.teachers.classifier import predict
 
 
 def main() -> None:

@@ -222,7 +222,7 @@ def part_mgd3(args, device, model_fn, autocast, shape, labels) -> dict:
 def part_acs(args, device, model_fn, autocast, shape, labels) -> dict:
     """ACS: DDIM with the adversarial gradient through DiT, the VAE decoder and a ResNetAP-10 every step."""
     from ddbench.methods.acs import AdversarialGuidance, DiscriminatorInput
-    from ddbench.nets import build_net
+    from ddbench.nets.build import build_net
 
     vae = build_vae(args.vae, device) if shape[0] == 4 else None
     side = args.input_size * 8 if vae is not None else args.input_size
@@ -398,7 +398,7 @@ def igd_cost(args) -> dict:
     steps 30–45 of 50, rescaled), with random weights: a ConvNet surrogate (ConvNet-6 at 256 px with --igd-vae,
     else ConvNet-3 on the latent itself), `--igd-checkpoints` parameter sets and a memory of 64 latents."""
     from ddbench.methods.igd import InfluenceGuidance, guided_range
-    from ddbench.nets import build_net
+    from ddbench.nets.build import build_net
 
     device = torch.device(args.device)
     cfg, model, shape = random_dit(args, device)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from ddbench import store as store_mod
-from ddbench.store import ResultStore
+from ddbench.records.store import ResultStore
 
 
 def schema_1_store(path: Path, rows: int) -> None:

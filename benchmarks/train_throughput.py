@@ -1,7 +1,7 @@
 """Training throughput of the hard-label protocol step, and its speed-up over a faithful re-creation of the
 reference loop on the same machine.
 
-ddbench's step (`ddbench.train.train_classifier` as `protocols/hard.py` calls it): the distilled set lives on
+ddbench's step (`ddbench.engine.train.train_classifier` as `protocols/hard.py` calls it): the distilled set lives on
 the device as uint8; RRC + flip + jitter + lighting + CutMix run batched on the device; bf16 autocast and
 channels_last on CUDA; no host sync per step. The reference (IDC / Minimax `train.py` + `data.py`, DC
 `utils.py:evaluate_synset`): a DataLoader of in-memory PIL images with per-image torchvision transforms
@@ -30,11 +30,11 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from torchvision import transforms as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ddbench.augment import (IDCAugment, LIGHTING_EIGVAL, LIGHTING_EIGVEC, Normalize,  # noqa: E402
+from ddbench.engine.augment import (IDCAugment, LIGHTING_EIGVAL, LIGHTING_EIGVEC, Normalize,  # noqa: E402
                              resize_center_crop, to_float, to_uint8)
 from ddbench.data.spec import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from ddbench.nets import build_net  # noqa: E402
-from ddbench.train import CutMixCE, train_classifier  # noqa: E402
+from ddbench.nets.build import build_net  # noqa: E402
+from ddbench.engine.train import CutMixCE, train_classifier  # noqa: E402
 
 IDC_ARCHS = ("convnet6", "resnetap10", "resnet18")
 

@@ -46,7 +46,7 @@ def _read_card(folder: Path) -> dict:
 
 
 def dataset_recipe(name: str) -> dict:
-    """The recipe (ddbench.teacher keys) of dataset `name`'s feature network."""
+    """The recipe (ddbench.teachers.classifier keys) of dataset `name`'s feature network."""
     card = feature_card()
     return dict(card["recipes"].get(name, card["default"]))
 
@@ -85,15 +85,15 @@ def feature_network(spec, device, cache_dir, train_split, progress=None) -> torc
     arch, recipe = feature_card()["arch"], dataset_recipe(spec.name)
     if shipped_name(spec.name) in shipped_sha256():
         return load_shipped(spec, arch, recipe).to(device).eval()
-    from .teacher import teacher_for
+    from .teachers.classifier import teacher_for
 
     return teacher_for(spec, arch, device, cache_dir, train_split, cfg=recipe, progress=progress)
 
 
 def load_shipped(spec, arch: str, recipe: dict) -> torch.nn.Module:
     """The shipped network of `spec`, after checking its bytes and what it was trained on."""
-    from .nets import build_net
-    from .teacher import resolve_recipe
+    from .nets.build import build_net
+    from .teachers.classifier import resolve_recipe
 
     folder = WEIGHTS_DIR
     path, expected = folder / shipped_name(spec.name), shipped_sha256().get(shipped_name(spec.name))
@@ -132,7 +132,7 @@ def file_sha256(path) -> str:
 
 def ship(spec, cache_dir) -> Path:
     """Copy the trained (cached) network of `spec` into the package with its side file; record its sha256."""
-    from .teacher import resolve_recipe, teacher_dir
+    from .teachers.classifier import resolve_recipe, teacher_dir
 
     folder = WEIGHTS_DIR
     arch, recipe = feature_card()["arch"], resolve_recipe(spec, dataset_recipe(spec.name))
@@ -189,7 +189,7 @@ def real_features(ctx, arch: str, recipe: dict | str) -> torch.Tensor:
     if recipe == SHARED:
         net = feature_network(ctx.spec, ctx.device, ctx.cache_dir, train, progress=ctx.progress)
     else:
-        from .teacher import teacher_for
+        from .teachers.classifier import teacher_for
 
         net = teacher_for(ctx.spec, arch, ctx.device, ctx.cache_dir, train, cfg=recipe or None, progress=ctx.progress)
     feats = embed(net, train.images, ctx.spec, ctx.device)

@@ -9,14 +9,14 @@ A cached set or a stored record answers a request only when everything that can 
 - **the precision actually used** — `resolved_precision(cfg, device)`: every precision switch of a resolved
   config (`precision:`, `autocast:`, `amp:`) as it resolves on the device (`precision: bf16` runs in fp32 on the
   CPU; `autocast: auto` is bf16 on CUDA only); the protocols and the samplers run what these same functions
-  say. A method that trains networks with the engine (`ddbench.train`: bf16 autocast on CUDA by default) also
+  say. A method that trains networks with the engine (`ddbench.engine.train`: bf16 autocast on CUDA by default) also
   gets `engine.amp`;
 - **the numerics code** — `numerics_fingerprint(modules)`: sha256 over the source of the modules that compute a
   method's or a protocol's numbers (declared once, as the class attribute `numerics`), so a code change that can
   move a number makes a new cell instead of letting an old record answer.
 
 `set_inputs(method, spec, device, options, cache_dir)` gathers them for a distilled set; the set's key and the
-cell hash (`ddbench.cellhash`) both cover it.
+cell hash (`ddbench.records.cellhash`) both cover it.
 """
 from __future__ import annotations
 
@@ -37,9 +37,9 @@ _BLOCK = 1 << 20
 # the images that make a split). Kept to code that computes numbers: no CLI, store or leaderboard module.
 DATA_NUMERICS = ("ddbench.data.images", "ddbench.data.embedded", "ddbench.data.folders")
 # Shared groups the `numerics` attributes of the methods and protocols are built from.
-TRAIN_NUMERICS = ("ddbench.train", "ddbench.train_many", "ddbench.augment", "ddbench.nets", "ddbench.nets_resnet",
-                  "ddbench.ddp")
-TEACHER_NUMERICS = ("ddbench.teacher", "ddbench.teacher_rded", *TRAIN_NUMERICS)
+TRAIN_NUMERICS = ("ddbench.engine.train", "ddbench.engine.train_many", "ddbench.engine.augment", "ddbench.nets.build", "ddbench.nets.resnet",
+                  "ddbench.engine.ddp")
+TEACHER_NUMERICS = ("ddbench.teachers.classifier", "ddbench.teachers.rded", *TRAIN_NUMERICS)
 DIFFUSION_NUMERICS = ("ddbench.diffusion.dit", "ddbench.diffusion.sampler", "ddbench.diffusion.schedule",
                       "ddbench.diffusion.fast", "ddbench.diffusion.hooks", "ddbench.diffusion.vae",
                       "ddbench.diffusion.load", "ddbench.diffusion.generator", "ddbench.diffusion.train",
@@ -188,7 +188,7 @@ def resolved_precision(cfg: Mapping, device) -> dict[str, str]:
             out[key] = precision_on(value, device)
         elif name == "autocast":
             out[key] = resolve_precision(value, device)
-        elif name == "amp":  # the engine's switch: bf16 autocast on CUDA when true (ddbench.train._autocast)
+        elif name == "amp":  # the engine's switch: bf16 autocast on CUDA when true (ddbench.engine.train._autocast)
             out[key] = "bf16" if value and device.type == "cuda" else "fp32"
     return out
 
@@ -208,7 +208,7 @@ def _walk(d: Mapping, prefix: str = ""):
 
 
 def module_file(name: str) -> Path:
-    """The installed source file of module `name` (e.g. "ddbench.train")."""
+    """The installed source file of module `name` (e.g. "ddbench.engine.train")."""
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.origin or not spec.origin.endswith(".py"):
         raise ModuleNotFoundError(f"numerics module {name!r} has no Python source file")

@@ -150,7 +150,7 @@ def pixel_features(images: torch.Tensor, side: int = 32) -> torch.Tensor:
     return x.flatten(1)
 
 
-# Network spaces: arch -> training recipe (ddbench.teacher keys). ResNetAP-10's is herding's ImageNet-subset
+# Network spaces: arch -> training recipe (ddbench.teachers.classifier keys). ResNetAP-10's is herding's ImageNet-subset
 # recipe (IDC's herding space: 512-d global-average features), so the two share one cached network.
 SPACE_RECIPES = {"resnetap10": {"epochs": 30, "batch_size": 64, "lr": 0.01}}
 
@@ -194,7 +194,7 @@ def embed_images(images: torch.Tensor, real_split, spec, space: str, device,
         return pixel_features(images), pixel_features(real_split.images)
     from .features import SHARED, embed, feature_network, real_features
     from .method import Context
-    from .teacher import teacher_for
+    from .teachers.classifier import teacher_for
 
     ctx = Context(spec, torch.device(device), cache_dir, lambda: real_split, progress)  # bar of the network's training
     if space == "convnet3":  # the dataset's feature network: shipped, or trained once and cached

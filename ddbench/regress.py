@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping
 
 from .config import leaves
 from .errors import ConfigError
-from .store import summary
+from .records.store import summary
 
 FORMAT = "ddbench-baseline/1"
 DEFAULT_TOLERANCE = {"sigma": 3.0, "floor": 0.5}

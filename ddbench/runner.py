@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from . import ddp
-from .budget import record_budget
+from .engine import ddp
+from .records.budget import record_budget
 from .data import get_dataset, list_files, load_split
-from .cellhash import cell_config_hash, check_weights, protocol_identity, used_weights
+from .records.cellhash import cell_config_hash, check_weights, protocol_identity, used_weights
 from .config import canonical_json, check_unique, config_hash, deep_merge
 from .data.gates import check_class_order
 from .distilled import MANIFEST, DistilledSet
@@ -30,7 +30,7 @@ from .errors import ConfigError, DataError, ResourceError
 from .identity import set_inputs
 from .method import Context, default_cache_dir, load_method
 from .protocol import META_KEYS, load_protocol
-from .store import ResultStore, code_version
+from .records.store import ResultStore, code_version
 
 
 @dataclass
@@ -162,7 +162,7 @@ def default_arch(protocol, spec) -> str:
 
 def check_archs(archs: list[str]) -> None:
     """Fail on an unknown network before anything is distilled (a `timm:` name against timm's own list)."""
-    from .nets import ARCHS, TIMM_PREFIX, check_timm_name
+    from .nets.build import ARCHS, TIMM_PREFIX, check_timm_name
 
     for arch in archs:
         if arch.startswith(TIMM_PREFIX):
@@ -351,8 +351,8 @@ def plan_models_at_once(protocol, dset, spec, arch, device, requested, n_models,
     """How many networks of `arch` one job trains: train_many.models_at_once (on CUDA from the protocol's planned
     bytes per network), or 1 for a network with random layers (dropout: vmap cannot give each model its own
     lone-run draws), said in one log line."""
-    from .nets import build_net
-    from .train_many import models_at_once, random_layers
+    from .nets.build import build_net
+    from .engine.train_many import models_at_once, random_layers
 
     planned = getattr(protocol, "step_bytes", None) if device.type == "cuda" and requested is None else None
     k = models_at_once(requested, device, n_models, planned(dset, spec, arch) if planned else None)

@@ -118,7 +118,7 @@ def _atom_ok(atom: str, value) -> bool:
 
 
 def _is_arch(name: str) -> bool:
-    from .nets import ARCHS, TIMM_PREFIX  # imported here: reading a rule must not import every network
+    from .nets.build import ARCHS, TIMM_PREFIX  # imported here: reading a rule must not import every network
 
     return name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX) or name in ARCHS.names()
 

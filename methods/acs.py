@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ddbench.identity import TRAIN_NUMERICS
-from ddbench.augment import IDCAugment, normalize, resize_center_crop, to_float
+from ddbench.engine.augment import IDCAugment, normalize, resize_center_crop, to_float
 from ddbench.diffusion.generator import SAMPLERS
 from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
@@ -39,8 +39,8 @@ from ddbench.methods.mgd3 import (BASES, GUIDED_NUMERICS, base_generator, base_m
                                   guided_identity, guided_precision_config)           # mechanism of MGD³
 from ddbench.methods.minimax import FINETUNE_RULES
 from ddbench.schema import choice, nullable
-from ddbench.nets import build_net
-from ddbench.train import OPTIMIZER_RULES, SCHEDULE_RULES, evaluate_accuracy, train_classifier
+from ddbench.nets.build import build_net
+from ddbench.engine.train import OPTIMIZER_RULES, SCHEDULE_RULES, evaluate_accuracy, train_classifier
 
 SCHEDULE = (5, 5, 10, 30, 50)  # images per class of each curriculum for IPC 100 (paper §III-A)
 

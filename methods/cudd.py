@@ -90,8 +90,8 @@ def frame(images_u8: torch.Tensor, size: int, device, how: str = "crop", chunk: 
     ⌊size·8/7⌋ then CenterCrop(size); from the stored 256 square of an ImageNet image that is its centre 224
     crop. "resize": Resize(size) + CenterCrop(size) of the stored square (card v1: the whole square, shrunk).
     Images already at size×size (the embedded data) are used as stored."""
-    from ddbench.augment import center_crop, resize_shorter, to_float
-    from ddbench.augment import to_uint8 as quantise
+    from ddbench.engine.augment import center_crop, resize_shorter, to_float
+    from ddbench.engine.augment import to_uint8 as quantise
 
     if how not in FRAMES:
         raise ConfigError(f"cudd init_frame={how!r}; expected one of {', '.join(FRAMES)}")
@@ -190,7 +190,7 @@ class CUDD(SRe2L):
 
     def train_student(self, ctx: Context, student, images: torch.Tensor, teacher, gen: torch.Generator):
         """Train (or continue) the student on all synthetic images so far; returns (student, frozen copy)."""
-        from ddbench.nets import build_net
+        from ddbench.nets.build import build_net
         from ddbench.protocols.soft import train_soft
 
         size = images.shape[-1]
@@ -245,6 +245,6 @@ class CUDD(SRe2L):
 
 
 def _default_arch(spec) -> str:
-    from ddbench.teacher import default_arch
+    from ddbench.teachers.classifier import default_arch
 
     return default_arch(spec)

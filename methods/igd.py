@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
 from ddbench.identity import TRAIN_NUMERICS
-from ddbench.augment import resize_center_crop, to_float
+from ddbench.engine.augment import resize_center_crop, to_float
 from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
 from ddbench.method import Context, Method
@@ -44,7 +44,7 @@ from ddbench.methods.mgd3 import (BASES, GUIDED_NUMERICS, REFERENCE_STEPS, _atom
                                   guided_identity, guided_precision_config)
 from ddbench.methods.minimax import FINETUNE_RULES
 from ddbench.schema import choice, nullable
-from ddbench.nets import build_net
+from ddbench.nets.build import build_net
 from ddbench.safeload import CACHE_FIX, load_tensors
 
 INJECT = ("mean", "eps")

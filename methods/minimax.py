@@ -196,8 +196,8 @@ def finetune_config(cfg: dict, base: Generator) -> dict:
 
 def base_identity(base: Generator, cache_dir=None) -> dict:
     """What identifies the base weights in the cache key: the self-trained generator's cache folder name
-    (it holds the config + data hash), or the pretrained files' content (ddbench.cellhash.file_identity)."""
-    from ddbench.cellhash import file_identity
+    (it holds the config + data hash), or the pretrained files' content (ddbench.records.cellhash.file_identity)."""
+    from ddbench.records.cellhash import file_identity
 
     info = base.info
     if info.get("kind") == "self-trained":

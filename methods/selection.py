@@ -21,7 +21,7 @@ from ddbench.errors import ConfigError
 from ddbench.method import Context, Method
 from ddbench.features import SHARED
 from ddbench.schema import Section, choice
-from ddbench.teacher import RECIPE_RULES
+from ddbench.teachers.classifier import RECIPE_RULES
 
 
 # ---------------------------------------------------------------------- greedy selection rules
@@ -107,7 +107,7 @@ class _FeatureSelection(_Selection):
     numerics = (*_Selection.numerics, "ddbench.features", *TEACHER_NUMERICS)
 
     defaults = {"feature_arch": "convnet3", "feature_recipe": {}}
-    # the recipe keys of ddbench.teacher, or `shared`: the dataset's one feature network (ddbench.features)
+    # the recipe keys of ddbench.teachers.classifier, or `shared`: the dataset's one feature network (ddbench.features)
     schema = {"feature_arch": "arch", "feature_recipe": Section(RECIPE_RULES, instead=choice([SHARED])),
               "feature_network": "dict?"}  # filled in by `resolve` (below), never read from the card
 

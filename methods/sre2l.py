@@ -1,8 +1,8 @@
 """SRe2L (Yin, Xing and Shen, NeurIPS 2023): squeeze, recover, relabel.
 
-1. Squeeze: a BatchNorm teacher trained on the real training set (`ddbench.teacher.teacher_for`, cached).
+1. Squeeze: a BatchNorm teacher trained on the real training set (`ddbench.teachers.classifier.teacher_for`, cached).
 2. Recover: optimise pixels from noise so the frozen teacher classifies them as their label while the batch
-   statistics before every BN layer match its running statistics (CE + r_bn·L_bn, `ddbench.bnloss`).
+   statistics before every BN layer match its running statistics (CE + r_bn·L_bn, `ddbench.engine.bnloss`).
    Adam lr 0.25, betas (0.5, 0.9), cosine to 0, one RandomResizedCrop + flip + random roll per step shared by
    the whole batch, pixels clipped to the valid range after each step (protocol-facts §4.5,
    `MIV-XJTU/CUDD@0bf778c:distill/distill.py`, which is SRe2L's recover loop plus CUDD's terms).
@@ -22,11 +22,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ddbench.identity import TEACHER_NUMERICS
-from ddbench.bnloss import BNStatsLoss
+from ddbench.engine.bnloss import BNStatsLoss
 from ddbench.distilled import DistilledSet
 from ddbench.method import Context, Method
 from ddbench.schema import nullable
-from ddbench.teacher import RECIPE_RULES
+from ddbench.teachers.classifier import RECIPE_RULES
 
 # ---------------------------------------------------------------------------------------------------------
 # Pixel space: uint8 <-> normalised float
@@ -189,11 +189,11 @@ def class_batches(n_ipc: int, k: int, batch_size: int) -> list[slice]:
 
 class SRe2L(Method):
     """Recover `ipc` images per class from noise with the teacher; soft labels from the same teacher."""
-    numerics = ("ddbench.methods.sre2l", "ddbench.bnloss", "ddbench.distilled", *TEACHER_NUMERICS)
+    numerics = ("ddbench.methods.sre2l", "ddbench.engine.bnloss", "ddbench.distilled", *TEACHER_NUMERICS)
 
     defaults = {
         "teacher_arch": None,  # None: convnet3_bn for embedded data, resnet18_tv for ImageNet data
-        "teacher_recipe": None,  # None: ddbench.teacher's default recipe for the dataset kind
+        "teacher_recipe": None,  # None: ddbench.teachers.classifier's default recipe for the dataset kind
         "teacher_path": None,  # torchvision-format weights to load instead of training (e.g. ImageNet-1K)
         "image_size": None,  # None: the dataset's stored resolution
         "iterations": 1000, "lr": 0.25, "betas": [0.5, 0.9], "weight_decay": 0.0,  # recover.sh: Adam, no weight decay
@@ -206,7 +206,7 @@ class SRe2L(Method):
               "r_bn": "float>=0", "first_bn_multiplier": "float>=0", "jitter": "int>=0", "min_crop": "prob"}
 
     def teacher(self, ctx: Context) -> nn.Module:
-        from ddbench.teacher import teacher_for
+        from ddbench.teachers.classifier import teacher_for
 
         path = self.cfg.get("teacher_path") or (ctx.options or {}).get("teacher")
         net = teacher_for(ctx.spec, self.cfg["teacher_arch"], ctx.device, ctx.cache_dir, ctx.train,

@@ -15,13 +15,13 @@ from __future__ import annotations
 import torch
 
 from ddbench.identity import TRAIN_NUMERICS
-from ddbench.augment import DSA_OPS, DSAugment, IDCAugment, Normalize, resize_center_crop, to_float, to_uint8
+from ddbench.engine.augment import DSA_OPS, DSAugment, IDCAugment, Normalize, resize_center_crop, to_float, to_uint8
 from ddbench.errors import ConfigError, DataError
 from ddbench.protocol import PRECISIONS, EvalResult, Protocol, ResourceMeter, resolved_precision
 from ddbench.schema import Section, choice
-from ddbench.ddp import maybe_wrap_ddp
-from ddbench.train import OPTIMIZER_RULES, SCHEDULE_RULES, CutMixCE
-from ddbench.train_many import evaluate_accuracies, step_bytes, train_classifiers
+from ddbench.engine.ddp import maybe_wrap_ddp
+from ddbench.engine.train import OPTIMIZER_RULES, SCHEDULE_RULES, CutMixCE
+from ddbench.engine.train_many import evaluate_accuracies, step_bytes, train_classifiers
 
 AUGMENTS = ("none", "dsa", "idc")
 MIXES = ("none", "cutmix")
@@ -176,7 +176,7 @@ class HardLabelProtocol(Protocol):
         Each network is initialised and augmented from its own seed exactly as a lone evaluation would be, so
         the result for a seed does not depend on which other seeds share the job (within float tolerance).
         """
-        from ddbench.nets import build_net  # imported here: listing protocols must not import every network
+        from ddbench.nets.build import build_net  # imported here: listing protocols must not import every network
 
         device = torch.device(device)
         c, arch = self.card, arch or self.card["arch"]
@@ -212,7 +212,7 @@ class HardLabelProtocol(Protocol):
 
     def step_bytes(self, dset, spec, arch: str | None) -> int:
         """Planned bytes of one network's training step on this set (what sizes a multi-model job)."""
-        from ddbench.nets import build_net
+        from ddbench.nets.build import build_net
 
         arch = arch or self.card["arch"]
         size = int(self.card["resolution"] or spec.resolution)

@@ -23,18 +23,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ddbench.identity import TEACHER_NUMERICS
-from ddbench.augment import center_crop, crop_resize, normalize, rrc_boxes, sample_beta, to_float
+from ddbench.engine.augment import center_crop, crop_resize, normalize, rrc_boxes, sample_beta, to_float
 from ddbench.config import config_hash
 from ddbench.errors import ConfigError, DataError
 from ddbench.protocol import PRECISIONS, EvalResult, Protocol, ResourceMeter, resolved_precision, uses_bf16
 from ddbench.schema import choice, nullable
-from ddbench.teacher import RECIPE_RULES
+from ddbench.teachers.classifier import RECIPE_RULES
 from ddbench.protocols.hard import aligned_labels, to_resolution
-from ddbench.ddp import maybe_wrap_ddp
-from ddbench.train import (OPTIMIZER_RULES, SCHEDULE_RULES, build_optimizer, device_generator, evaluate_accuracy,
+from ddbench.engine.ddp import maybe_wrap_ddp
+from ddbench.engine.train import (OPTIMIZER_RULES, SCHEDULE_RULES, build_optimizer, device_generator, evaluate_accuracy,
                            lr_factor)
 from ddbench.safeload import load_tensors
-from ddbench.train_many import evaluate_accuracies
+from ddbench.engine.train_many import evaluate_accuracies
 
 LABEL_MODES = ("online", "stored")
 
@@ -229,14 +229,14 @@ def kd_loss_many(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
 def train_soft_many(students: list[nn.Module], images: torch.Tensor, teacher: nn.Module | None, plan: dict, spec,
                     gens: list[torch.Generator], device, *, store: Path | None = None, eval_fn=None, eval_epochs=(),
                     progress=None) -> list[list[tuple[int, float]]]:
-    """`train_soft` of K students of one architecture at once (ddbench.train_many.ModelStack); one curve each.
+    """`train_soft` of K students of one architecture at once (ddbench.engine.train_many.ModelStack); one curve each.
 
     Online labels: each student draws its own augmented batches from its own generator (as alone) and the
     teacher labels the K batches in one forward. Stored labels: every student replays the same batches and
     logits, so the K students share one input. eval_fn(model) returns one accuracy per student (model is the
     stack, or the lone student when K = 1, which is `train_soft` itself).
     """
-    from ddbench.train_many import ModelStack, stackable_nets
+    from ddbench.engine.train_many import ModelStack, stackable_nets
 
     k = len(students)
     if k == 1 or not stackable_nets(students):
@@ -371,7 +371,7 @@ class SoftLabelProtocol(Protocol):
         """(frozen teacher net, identity for cache keys, the record's teacher dict without val_acc, cache dir)."""
         from ddbench.data import load_split
         from ddbench.method import default_cache_dir
-        from ddbench.teacher import teacher_for, teacher_identity
+        from ddbench.teachers.classifier import teacher_for, teacher_identity
 
         t = self.card["teacher"]
         cache = Path(self.options.get("cache_dir") or default_cache_dir())
@@ -420,7 +420,7 @@ class SoftLabelProtocol(Protocol):
     def evaluate_many(self, dset, spec, test, arch: str | None, seeds: list[int], device,
                       progress=None) -> list[EvalResult]:
         """One result per evaluation seed; the students of all `seeds` train together (train_soft_many)."""
-        from ddbench.nets import build_net
+        from ddbench.nets.build import build_net
 
         device = torch.device(device)
         arch = arch or self.arch_for(spec)

@@ -5,14 +5,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ddbench.bnloss import BNStatsLoss, bn_stat_distance
+from ddbench.engine.bnloss import BNStatsLoss, bn_stat_distance
 from ddbench.data.spec import DatasetSpec, Split
 from ddbench.errors import ConfigError, DataError
 from ddbench.method import Context, load_method
 from ddbench.methods import cudd as cudd_mod
 from ddbench.methods import sre2l as sre2l_mod
 from ddbench.methods.cudd import curriculum_ends, num_curricula, select_initial
-from ddbench.nets import build_net
+from ddbench.nets.build import build_net
 from ddbench import teacher as teacher_mod
 
 SIDE = 8

@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 from ddbench import ddp
-from ddbench.train import CutMixCE, evaluate_accuracy, train_classifier
+from ddbench.engine.train import CutMixCE, evaluate_accuracy, train_classifier
 
 
 def tiny_net() -> nn.Module:
@@ -87,7 +87,7 @@ def protocol_k2() -> list[dict]:
 
 def train_k2() -> dict:
     """Two tiny nets of their own seeds through the multi-model trainer (wrapped when distributed)."""
-    from ddbench.train_many import evaluate_accuracies, train_classifiers
+    from ddbench.engine.train_many import evaluate_accuracies, train_classifiers
 
     images, labels = data(22)
     nets = [ddp.maybe_wrap_ddp(tiny_net(), "cpu") for _ in range(2)]

@@ -16,7 +16,7 @@ import pytest
 from ddbench.cli import main
 from ddbench.config import leaves
 from ddbench.method import list_methods, method_card
-from ddbench.store import ResultStore
+from ddbench.records.store import ResultStore
 
 # Short protocols: one epoch of the student; a 5-epoch teacher (trained once per test session: one epoch leaves
 # it below the card's 3x-chance floor on 16-px digits); the cards are otherwise the real ones.

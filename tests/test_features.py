@@ -75,7 +75,7 @@ def test_ship_then_load_and_refuse_a_changed_file(own_weights_dir, tmp_path):
 
 
 def test_herding_kcenter_and_the_set_metrics_share_the_network_and_its_identity(own_weights_dir, tmp_path):
-    from ddbench.cellhash import cell_config_hash
+    from ddbench.records.cellhash import cell_config_hash
     from ddbench.method import Context, load_method
     from ddbench.metrics import recorded_set_metrics
     from ddbench.protocol import load_protocol

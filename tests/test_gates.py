@@ -17,7 +17,7 @@ from ddbench.data import gates, spec as spec_mod
 from ddbench.data.spec import DatasetSpec, Split, class_order_sha256, imagenet_index, read_class_list
 from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError, DataError
-from ddbench.nets import build_net
+from ddbench.nets.build import build_net
 from ddbench.protocol import EvalResult, load_protocol
 from ddbench.protocols import soft
 
@@ -269,7 +269,7 @@ def test_rded_conv5_teacher_loads_at_128px_in_ddbench_order(tmp_path):
 
 
 def soft_rows(spec):
-    from ddbench.teacher_rded import row_order
+    from ddbench.teachers.rded import row_order
 
     return row_order(spec.imagenet_index)
 

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 import ddbench.identity as identity
-from ddbench.cellhash import cell_config_hash, protocol_identity
+from ddbench.records.cellhash import cell_config_hash, protocol_identity
 from ddbench.config import config_hash
 from ddbench.data import get_dataset
 from ddbench.data.spec import read_class_list
@@ -25,7 +25,7 @@ from ddbench.leaderboard.tables import variant_summary
 from ddbench.method import load_method, list_methods, method_card, method_registry
 from ddbench.protocol import list_protocols, load_protocol
 from ddbench.runner import RunRequest, run
-from ddbench.store import ResultStore
+from ddbench.records.store import ResultStore
 from ddbench.sweep.expand import load_grid
 from fakes import make_imagenet_tree
 
@@ -73,8 +73,8 @@ def test_a_folder_is_hashed_by_the_content_of_its_files_in_path_order(tmp_path):
 # ---------------------------------------------------------------------------------------------- numerics
 
 def test_every_method_and_protocol_declares_existing_numerics_modules():
-    forbidden = ("ddbench.cli", "ddbench.leaderboard", "ddbench.store", "ddbench.sweep", "ddbench.regress",
-                 "ddbench.report", "ddbench.plots", "ddbench.progress")
+    forbidden = ("ddbench.cli", "ddbench.leaderboard", "ddbench.records.store", "ddbench.sweep", "ddbench.regress",
+                 "ddbench.records.report", "ddbench.plots", "ddbench.progress")
     declared = {f"method {n}": method_registry().get(n) for n in list_methods()}
     declared.update({f"protocol {n}": load_protocol(n) for n in list_protocols()})
     for what, obj in declared.items():

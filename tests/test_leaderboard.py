@@ -17,7 +17,7 @@ from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
 from ddbench.method import resolve_method_config
 from ddbench.protocol import load_protocol
-from ddbench.store import ResultStore, derived_config_hash
+from ddbench.records.store import ResultStore, derived_config_hash
 
 
 # ---------------------------------------------------------------------- fixture store
@@ -409,7 +409,7 @@ def test_whole_split_reference_runs_end_to_end_and_publishes_without_absolute_pa
 
 
 def test_export_drops_paths_outside_the_run_directory(tmp_path):
-    from ddbench.store import portable_path
+    from ddbench.records.store import portable_path
 
     assert portable_path(str(tmp_path / "run" / "distilled" / "a"), tmp_path / "run") == "distilled/a"
     assert portable_path("/elsewhere/set", tmp_path / "run") is None

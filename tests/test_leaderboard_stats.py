@@ -15,7 +15,7 @@ from scipy import stats as sst
 from ddbench import leaderboard as lb
 from ddbench.leaderboard import render
 from ddbench import stats
-from ddbench.budget import network_size, set_bytes
+from ddbench.records.budget import network_size, set_bytes
 from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
 from ddbench.leaderboard.budget import size_text

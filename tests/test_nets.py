@@ -7,7 +7,7 @@ import torch.nn as nn
 import torchvision
 
 from ddbench.errors import ConfigError
-from ddbench.nets import ARCHS, build_net, list_archs
+from ddbench.nets.build import ARCHS, build_net, list_archs
 
 
 def n_params(net: nn.Module) -> int:

@@ -9,7 +9,7 @@ import torch.nn as nn
 from ddbench.data.spec import DatasetSpec, Split
 from ddbench.errors import ConfigError
 from ddbench.protocol import EvalResult, list_protocols, load_protocol, protocol_card
-from ddbench.train import evaluate_accuracy, lr_factor, train_classifier
+from ddbench.engine.train import evaluate_accuracy, lr_factor, train_classifier
 
 from ddbench.protocols import hard
 
@@ -175,7 +175,7 @@ def test_cutmix_loss_and_no_wd_on_1d_params_run():
     _, hist = _train_tiny(0, epochs=4, loss="cutmix_ce")
     assert all(torch.isfinite(torch.tensor(hist.train_loss)))
     net = TinyNet()
-    from ddbench.train import build_optimizer
+    from ddbench.engine.train import build_optimizer
 
     opt = build_optimizer(net, {"name": "adamw", "lr": 1e-3, "weight_decay": 0.01, "wd_on_1d": False})
     assert [g["weight_decay"] for g in opt.param_groups] == [0.01, 0.0]
@@ -195,7 +195,7 @@ def test_evaluate_accuracy_counts_correct_predictions():
 
 
 # ---------------------------------------------------------------------------------------------------------
-# End to end (real networks from ddbench.nets)
+# End to end (real networks from ddbench.nets.build)
 # ---------------------------------------------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from PIL import Image
 from ddbench.cli import main
 from ddbench.data.gates import ALLOW_ENV
 from ddbench.data.spec import read_class_list
-from ddbench.store import ResultStore
+from ddbench.records.store import ResultStore
 
 # The smaller shape of the guiding networks: IGD's ConvNet-6 surrogate and ACS's ResNetAP-10 discriminator at
 # 256 px and full width are most of those methods' CPU time; narrower, they still run every phase at 256 px.

@@ -8,7 +8,7 @@ import pytest
 
 from ddbench.cli import main
 from ddbench.runner import RunRequest, run
-from ddbench.store import ResultStore
+from ddbench.records.store import ResultStore
 
 FAST = {"epochs": 3}
 

@@ -55,7 +55,7 @@ def _digits():
 
 
 def teacher_cache_weights(tmp_path, plant):
-    from ddbench.teacher import resolve_recipe, teacher_dir, train_teacher
+    from ddbench.teachers.classifier import resolve_recipe, teacher_dir, train_teacher
 
     spec = _digits()
     recipe = resolve_recipe(spec, {"epochs": 1})
@@ -65,7 +65,7 @@ def teacher_cache_weights(tmp_path, plant):
 
 
 def teacher_cache_checkpoint(tmp_path, plant):
-    from ddbench.teacher import resolve_recipe, teacher_dir, train_teacher
+    from ddbench.teachers.classifier import resolve_recipe, teacher_dir, train_teacher
 
     spec = _digits()
     recipe = resolve_recipe(spec, {"epochs": 1})
@@ -76,7 +76,7 @@ def teacher_cache_checkpoint(tmp_path, plant):
 
 
 def user_teacher(tmp_path, plant):
-    from ddbench.teacher import load_teacher
+    from ddbench.teachers.classifier import load_teacher
 
     marker = plant(tmp_path / "teacher.pth", wrap=lambda p: {"state_dict": {"w": p}})
     load_teacher(tmp_path / "teacher.pth", "convnet3", _digits())
@@ -192,7 +192,7 @@ PICKLE_LOADS = {"pickle.load", "pickle.loads", "pickle.Unpickler", "_pickle.load
                 "dill.loads", "joblib.load", "pandas.read_pickle"}
 NUMPY_LOADS = {"numpy.load"}
 # Reviewed exceptions, (file, call) -> why it is safe.
-ALLOWED = {("ddbench/ddp.py", "pickle.loads"): "rank 0's return value, written by a rank this process spawned into "
+ALLOWED = {("ddbench/engine/ddp.py", "pickle.loads"): "rank 0's return value, written by a rank this process spawned into "
                                                  "a private temporary directory it created"}
 
 

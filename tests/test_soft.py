@@ -9,10 +9,10 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from ddbench.data import get_dataset, load_split
 from ddbench.data.spec import DatasetSpec
 from ddbench.distilled import DistilledSet
-from ddbench.nets import build_net
+from ddbench.nets.build import build_net
 from ddbench.protocol import load_protocol
 from ddbench.protocols import soft
-from ddbench.train import lr_factor
+from ddbench.engine.train import lr_factor
 
 from fakes import make_idx_folder
 

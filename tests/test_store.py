@@ -11,7 +11,7 @@ import pytest
 
 from ddbench import store as store_mod
 from ddbench.errors import StoreError
-from ddbench.store import KEY_FIELDS, ResultStore, record_key, summary
+from ddbench.records.store import KEY_FIELDS, ResultStore, record_key, summary
 
 
 def make_record(method="mgd3", dataset="fashion", ipc=10, seed=0, protocol="dc", arch="convnet3", eval_seed=0,

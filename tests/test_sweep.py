@@ -8,7 +8,7 @@ import yaml
 
 from ddbench.cli import main
 from ddbench.errors import ConfigError
-from ddbench.store import ResultStore
+from ddbench.records.store import ResultStore
 from ddbench.sweep.expand import load_grid
 from ddbench.sweep.grid import method_entries, read_grid, sub_grids
 from ddbench.sweep.cells import Outcome, Task, run_task
@@ -157,7 +157,7 @@ def test_failed_cell_is_reported_and_the_others_run(tmp_path, capsys):
 KILL_AFTER_FIRST_RECORD = """
 import os, signal, sys
 from ddbench.cli import main
-from ddbench.store import ResultStore
+from ddbench.records.store import ResultStore
 real_add = ResultStore.add
 def add_then_die(self, record, **kw):
     real_add(self, record, **kw)
@@ -202,7 +202,7 @@ def test_killed_sweep_resumes_and_records_every_cell_once(tmp_path, capsys, monk
 
 
 def test_a_multi_gpu_cell_runs_on_spawned_ranks_with_the_numbers_of_one_process(tmp_path):
-    """gpus: N cells are evaluated by N ranks (ddbench.ddp.spawn; gloo here); rank 0's record comes back."""
+    """gpus: N cells are evaluated by N ranks (ddbench.engine.ddp.spawn; gloo here); rank 0's record comes back."""
     out = tmp_path / "runs"
     plan = load_grid(write_grid(tmp_path), out=out)
     (dcell,), (ecell,) = plan.distills.values(), plan.evals.values()

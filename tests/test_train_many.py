@@ -1,15 +1,15 @@
-"""The multi-model trainer: K stacked networks must each train as they would alone (ddbench/train_many.py)."""
+"""The multi-model trainer: K stacked networks must each train as they would alone (ddbench/engine/train_many.py)."""
 import copy
 
 import pytest
 import torch
 
-from ddbench.augment import Normalize
+from ddbench.engine.augment import Normalize
 from ddbench.errors import ConfigError
-from ddbench.nets import build_net
+from ddbench.nets.build import build_net
 from ddbench.protocol import load_protocol
-from ddbench.train import CutMixCE, train_classifier
-from ddbench.train_many import (ModelStack, evaluate_accuracies, mix_inputs, models_at_once, stacked_loss,
+from ddbench.engine.train import CutMixCE, train_classifier
+from ddbench.engine.train_many import (ModelStack, evaluate_accuracies, mix_inputs, models_at_once, stacked_loss,
                                 step_bytes, train_classifiers)
 from test_protocols import toy_task
 
@@ -38,7 +38,7 @@ def test_stacked_step_gives_each_model_its_lone_loss_and_gradients(arch, mix):
     xs = [torch.rand(b, 1, 8, 8, generator=torch.Generator().manual_seed(100 + j)) for j in range(k)]
     ys = torch.randint(0, 10, (k, b), generator=torch.Generator().manual_seed(7))
     loss_fn = CutMixCE() if mix else "ce"
-    from ddbench.train import make_loss
+    from ddbench.engine.train import make_loss
 
     loss_fn = make_loss(loss_fn)
     stack = ModelStack(nets).train()
@@ -261,8 +261,8 @@ class DropoutNet(torch.nn.Module):
 
 
 def test_a_dropout_network_trains_one_at_a_time_when_k_is_asked_for(monkeypatch):
-    from ddbench.nets import ARCHS
-    from ddbench.train_many import random_layers
+    from ddbench.nets.build import ARCHS
+    from ddbench.engine.train_many import random_layers
 
     monkeypatch.setitem(ARCHS._targets, "dropnet", DropoutNet)
     assert random_layers(DropoutNet(1, 10, 8)) == ["body.3"] and random_layers(build_net("convnet3", 10, 1, 8)) == []

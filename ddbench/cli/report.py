@@ -25,7 +25,7 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
 
 def load_records(args) -> list[dict]:
     """Records matching --dataset/--protocol, from JSONL files (merged in a temporary store) or --out."""
-    from ..store import ResultStore
+    from ..records.store import ResultStore
 
     filters = {k: v for k, v in (("dataset", args.dataset), ("protocol", args.protocol)) if v}
     if args.jsonl:

@@ -24,7 +24,7 @@ def cmd_teacher(p: argparse.ArgumentParser):
         from ..method import default_cache_dir
         from ..runner import resolve_device
         from ..schema import validate
-        from ..teacher import RECIPE_RULES, teacher_for
+        from ..teachers.classifier import RECIPE_RULES, teacher_for
 
         recipe = parse_overrides(args.set)
         validate(recipe, RECIPE_RULES, where="the teacher recipe", overridden=recipe)  # before any data is read
@@ -52,7 +52,7 @@ def cmd_features(p: argparse.ArgumentParser):
         from ..method import default_cache_dir
         from ..progress import progress_bar
         from ..runner import resolve_device
-        from ..teacher import teacher_for
+        from ..teachers.classifier import teacher_for
 
         opts = options_of(args)
         spec = get_dataset(args.dataset, imagenet_root=opts.get("imagenet_root"), data_root=opts.get("data_root"))
@@ -91,7 +91,7 @@ def cmd_run(p: argparse.ArgumentParser):
 
     def handler(args):
         from ..progress import progress_bar
-        from ..report import print_summary
+        from ..records.report import print_summary
         from ..runner import RunRequest, run
 
         m_over, p_over = split_overrides(args.set)
@@ -135,7 +135,7 @@ def cmd_evaluate(p: argparse.ArgumentParser):
     def handler(args):
         from ..runner import evaluate_folder
         from ..progress import progress_bar
-        from ..report import print_summary
+        from ..records.report import print_summary
 
         m_over, p_over = split_overrides(args.set)
         if m_over:
@@ -156,7 +156,7 @@ def cmd_list(p: argparse.ArgumentParser):
     p.add_argument("what", choices=["methods", "datasets", "protocols", "archs"])
 
     def handler(args):
-        from ..report import print_listing
+        from ..records.report import print_listing
 
         print_listing(args.what)
     return handler
@@ -168,7 +168,7 @@ def cmd_export(p: argparse.ArgumentParser):
     p.add_argument("--out", default="runs", help="run directory holding results.db")
 
     def handler(args):
-        from ..store import ResultStore
+        from ..records.store import ResultStore
 
         with ResultStore(Path(args.out) / "results.db") as store:
             n = store.export_jsonl(args.file)
@@ -183,7 +183,7 @@ def cmd_import(p: argparse.ArgumentParser):
     p.add_argument("--replace", action="store_true", help="replace records whose key exists with different content")
 
     def handler(args):
-        from ..store import ResultStore
+        from ..records.store import ResultStore
 
         with ResultStore(Path(args.out) / "results.db") as store:
             result = store.import_jsonl(args.file, replace=args.replace)

@@ -40,9 +40,9 @@ def cmd_sweep(p: argparse.ArgumentParser):
         from rich.console import Console
 
         from ..config import parse_overrides
-        from ..report import print_summary
+        from ..records.report import print_summary
         from ..runner import parse_device
-        from ..store import ResultStore
+        from ..records.store import ResultStore
         from ..sweep.expand import load_grid
         from ..sweep.grid import PATH_ENV, parse_only
         from ..sweep.execute import execute, plan_status

@@ -215,7 +215,7 @@ def generator_quality(gen: Generator, spec, train, test, *, n_per_class: int = 1
     """
     from ddbench.features import dataset_recipe, embed, feature_network
     from ddbench.method import default_cache_dir
-    from ddbench.teacher import predict, teacher_for
+    from ddbench.teachers.classifier import predict, teacher_for
 
     cache = Path(cache_dir or default_cache_dir())
     if judge_recipe is None:  # the dataset's feature network: shipped, or trained once and cached

@@ -27,7 +27,7 @@ import pandas as pd
 
 from .. import stats
 from ..errors import ConfigError
-from ..store import SUMMARY_GROUP
+from ..records.store import SUMMARY_GROUP
 from .budget import budget_facts, seconds_text, size_text, teacher_text, total_bytes
 from .cards import (NO_HASH, REPORTED_META, by_variant, card_config, card_hash, config_diff,  # noqa: F401 (re-exported)
                     is_current, load_reported, method_kind, teacher_of, with_label_keys)

@@ -29,7 +29,7 @@ class Task:
     options: dict                     # paths: imagenet_root, data_root, dit, vae, teacher, cache_dir
     device: str = "auto"              # auto = cuda when this worker sees a GPU, else cpu
     distilled: dict | None = None     # evaluate only: the value of the distillation's Outcome
-    world_size: int = 1               # evaluate only: > 1 = torch DDP over that many local GPUs (ddbench.ddp)
+    world_size: int = 1               # evaluate only: > 1 = torch DDP over that many local GPUs (ddbench.engine.ddp)
     resources: dict | None = None     # {"gpus", "cpus"} this task reserves (Ray num_gpus / num_cpus)
 
     @property
@@ -147,7 +147,7 @@ def distill_cell(task: Task, log) -> dict:
 def evaluate_task(task: Task, log, sink: RecordSink) -> dict:
     """The group's evaluations; with world_size > 1, under torch DDP on that many local GPUs (rank 0's records)."""
     if task.world_size > 1:
-        from ..ddp import spawn
+        from ..engine.ddp import spawn
 
         log(f"spawning {task.world_size} DDP ranks")
         return spawn(_evaluate_rank, task.world_size, task)
@@ -162,7 +162,7 @@ def _evaluate_rank(task: Task) -> dict:
 
 
 def _rank() -> int:
-    from ..ddp import rank
+    from ..engine.ddp import rank
 
     return rank()
 
@@ -173,7 +173,7 @@ def evaluate_group(task: Task, log, sink: RecordSink) -> dict:
     from ..data import load_split
     from ..distilled import DistilledSet
     from ..protocol import load_protocol
-    from ..cellhash import cell_config_hash
+    from ..records.cellhash import cell_config_hash
     from ..runner import evaluate_cells, record_provenance, resolve_device
 
     group = task.cell if isinstance(task.cell, EvalGroup) else EvalGroup([task.cell])

@@ -255,7 +255,7 @@ def execute(plan: Plan, out: Path, *, local: bool, ray_address: str | None = Non
     written here only."""
     import torch
 
-    from ..store import ResultStore
+    from ..records.store import ResultStore
     from .view import NullView
 
     out = Path(out).resolve()

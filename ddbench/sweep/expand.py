@@ -55,7 +55,7 @@ def check_named_keys(section: dict, known: set[str], where: str) -> None:
 
 
 def check_arch(arch: str, where: str) -> None:
-    from ..nets import ARCHS, TIMM_PREFIX
+    from ..nets.build import ARCHS, TIMM_PREFIX
 
     if not isinstance(arch, str) or not (arch.startswith(TIMM_PREFIX) or arch in ARCHS):
         raise ConfigError(f"{where}: unknown arch {arch!r}.{suggest(str(arch), ARCHS.names())} Known archs: "
@@ -252,7 +252,7 @@ def plan_inputs(method, dataset: str, options: dict, cache: dict) -> dict | None
 def cell_hash(info: dict, protocol, dataset: str, options: dict, cache: dict) -> str:
     """cellhash.cell_config_hash of a cell, as its worker will compute it; "" when the dataset cannot be opened
     here (its distillation then fails with the reason, and nothing in the store answers it)."""
-    from ..cellhash import cell_config_hash
+    from ..records.cellhash import cell_config_hash
 
     spec = plan_spec(dataset, options, cache)
     return "" if spec is None else cell_config_hash(info, protocol, spec, options, cache["device"])

@@ -21,8 +21,8 @@ import json
 from pathlib import Path
 
 from ..errors import ConfigError
-from ..train import eval_points
-from ..train_many import MAX_AT_ONCE, models_at_once
+from ..engine.train import eval_points
+from ..engine.train_many import MAX_AT_ONCE, models_at_once
 from .grid import eval_groups
 
 COSTS_DIR = Path(__file__).resolve().parent.parent.parent / "leaderboards" / "costs"

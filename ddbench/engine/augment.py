@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # PCA lighting of AlexNet / IDC (protocol-facts §2.4 step 6, §6.1)
 LIGHTING_EIGVAL = (0.2175, 0.0188, 0.0045)

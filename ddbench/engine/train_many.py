@@ -31,7 +31,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from .augment import cutmix, to_float
 from .ddp import is_wrapped
-from .errors import ConfigError
+from ..errors import ConfigError
 from .train import (CutMixCE, TrainHistory, _autocast, build_optimizer, ce_loss, device_generator, eval_points,
                     lr_factor, make_loss, train_classifier)
 

@@ -28,9 +28,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterable, Mapping, NamedTuple, TypedDict
 
-from . import __version__
-from .errors import StoreError
-from .registry import suggest
+from .. import __version__
+from ..errors import StoreError
+from ..registry import suggest
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def derived_config_hash(record: Mapping[str, Any]) -> str:
     export, a hand-made record), from the card versions and resolved configs it holds. The runner's hashes
     also cover the dataset identity and the weights used, so a derived hash never equals a runner's: such
     a record is kept and shown as its own cell, and never answers a new run."""
-    from .config import config_hash
+    from ..config import config_hash
 
     fields = ("method_version", "method_config", "protocol_version", "protocol_config")
     return "rec-" + config_hash({f: _version(record.get(f)) if f.endswith("version") else record.get(f)

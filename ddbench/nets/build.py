@@ -4,7 +4,7 @@ Every network takes float N×C×H×W input (normalised images) and returns logit
 penultimate features N×D (D = `net.feature_dim`) and `forward(x) == net.classifier(net.features(x))`.
 Definitions follow protocol-facts §1 and dc-protocol.md; module names follow the reference code, so IDC /
 Minimax checkpoints (ConvNet, ResNet, ResNetAP) and torchvision checkpoints (`resnet18_tv`) load with
-`load_state_dict` unchanged. The IDC ResNets live in `nets_resnet.py`.
+`load_state_dict` unchanged. The IDC ResNets live in `resnet.py` beside it.
 
     net = build_net("convnet6", num_classes=10, channels=3, im_size=224)   # 754,570 parameters
     net = build_net("timm:resnet18", num_classes=100, channels=3, im_size=64)
@@ -21,9 +21,9 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from .errors import ConfigError
-from .nets_resnet import ClassifierAlias, ResNet, ResNetAP
-from .registry import Registry, suggest
+from ..errors import ConfigError
+from .resnet import ClassifierAlias, ResNet, ResNetAP
+from ..registry import Registry, suggest
 
 TIMM_PREFIX = "timm:"
 

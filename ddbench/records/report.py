@@ -30,7 +30,7 @@ def print_listing(what: str, console: Console | None = None) -> None:
     console = console or Console()
     table = Table(title=what)
     if what == "methods":
-        from .method import list_methods, method_card
+        from ..method import list_methods, method_card
 
         for col in ("name", "version", "kind", "description"):
             table.add_column(col)
@@ -38,8 +38,8 @@ def print_listing(what: str, console: Console | None = None) -> None:
             card = method_card(name)
             table.add_row(name, str(card.get("version", "")), card.get("kind", ""), " ".join(str(card.get("description", "")).split())[:90])
     elif what == "datasets":
-        from .data import DATASETS, get_dataset
-        from .errors import DDBenchError
+        from ..data import DATASETS, get_dataset
+        from ..errors import DDBenchError
 
         for col in ("name", "classes", "resolution", "source"):
             table.add_column(col)
@@ -51,7 +51,7 @@ def print_listing(what: str, console: Console | None = None) -> None:
                 table.add_row(name, "", "", f"[dim]{str(e).split(':')[0]}[/dim]")
         table.add_row("imagefolder:<path>", "", "", "any <path>/train/<class>/ + <path>/test/<class>/ tree")
     elif what == "protocols":
-        from .protocol import list_protocols, load_protocol
+        from ..protocol import list_protocols, load_protocol
 
         for col in ("name", "family", "version", "arch", "description"):
             table.add_column(col)
@@ -60,7 +60,7 @@ def print_listing(what: str, console: Console | None = None) -> None:
             table.add_row(name, card.get("family", ""), str(card.get("version", "")), str(card.get("arch", "")),
                           " ".join(str(card.get("description", "")).split())[:80])
     else:
-        from .nets import list_archs
+        from ..nets.build import list_archs
 
         table.add_column("arch")
         for name in list_archs():

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import config_hash
-from .errors import DataError
-from .identity import dataset_identity, file_identity, method_weights, weight_paths
+from ..config import config_hash
+from ..errors import DataError
+from ..identity import dataset_identity, file_identity, method_weights, weight_paths
 
 
 WEIGHT_FLAGS = {"dit": "--dit / DDBENCH_DIT", "vae": "--vae / DDBENCH_VAE", "teacher": "--teacher / DDBENCH_TEACHER"}
@@ -34,7 +34,7 @@ def weights_identity(method_kind: str, method_cfg: dict, protocol, spec, options
 
 def check_weights(paths: dict[str, str]) -> None:
     """Every weights path a cell will read exists; a teacher file is read (weights-only) now, not after distilling."""
-    from .teacher import _state_dict
+    from ..teachers.classifier import _state_dict
 
     for key, path in paths.items():
         if not Path(path).expanduser().exists():
@@ -46,8 +46,8 @@ def check_weights(paths: dict[str, str]) -> None:
 def protocol_identity(protocol, device) -> dict:
     """The protocol's part of a record's identity besides its card: the precision it trains in on `device` and
     the numerics fingerprint of its code."""
-    from .identity import numerics_fingerprint, numerics_of
-    from .protocol import resolved_precision
+    from ..identity import numerics_fingerprint, numerics_of
+    from ..protocol import resolved_precision
 
     return {"precision": resolved_precision(protocol.card, device),
             "numerics": numerics_fingerprint(numerics_of(protocol))}

@@ -24,8 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .augment import cutmix, to_float
-from .errors import ConfigError
-from .schema import choice
+from ..errors import ConfigError
+from ..schema import choice
 
 # ---------------------------------------------------------------------------------------------------------
 # Optimiser and learning-rate schedule

@@ -2,7 +2,7 @@
 
 Both come from snu-mllab/Efficient-Dataset-Condensation `models/resnet.py`, `models/resnet_ap.py` (copied
 verbatim into Minimax / MGD3 `train_models/`). Module names match them (`layer0.conv1`, `layer1.0.bn2`,
-`layer2.0.downsample.0`, `fc`), so their checkpoints load unchanged. Use them through `ddbench.nets.build_net`.
+`layer2.0.downsample.0`, `fc`), so their checkpoints load unchanged. Use them through `ddbench.nets.build.build_net`.
 
 Size modes, from the input side: small (≤ 64), mid (≤ 128), large (> 128). Shapes at 224 ("large"):
     ResNetAP-10: stem 64×56×56 -> layer1 64×56×56 -> 128×28×28 -> 256×14×14 -> 512×7×7 -> pool -> 512
@@ -15,7 +15,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 RESNET_NORMS = ("instance", "batch", "none")
 STAGES = {10: (1, 1, 1, 1), 18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}  # BasicBlocks per stage

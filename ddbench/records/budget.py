@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .distilled import MANIFEST
+from ..distilled import MANIFEST
 
 BOOKKEEPING = {MANIFEST, "set_metrics.json"}  # written by ddbench beside the set; not needed to train on it
 

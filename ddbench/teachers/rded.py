@@ -24,8 +24,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .errors import DataError
-from .safeload import load_tensors
+from ..errors import DataError
+from ..safeload import load_tensors
 
 SUBSETS = {"imagenet-nette": "nette", "imagenet-woof": "woof", "imagenet-10": "idc", "imagenet-100": "imagenet100"}
 INPUT_128 = ("imagenet-nette", "imagenet-woof", "imagenet-100")  # load_model: conv nets at 128 px on these

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 def bn_stat_distance(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:

@@ -28,15 +28,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .augment import hflip, normalize, random_resized_crop, to_float
-from . import teacher_rded
-from .config import config_hash
-from .data.gates import check_class_order
-from .errors import ConfigError, DataError
-from .safeload import load_tensors
-from .nets import build_net
-from .schema import choice
-from .train import OPTIMIZERS, SCHEDULES, build_optimizer, device_generator, lr_factor
+from ..engine.augment import hflip, normalize, random_resized_crop, to_float
+from . import rded as teacher_rded
+from ..config import config_hash
+from ..data.gates import check_class_order
+from ..errors import ConfigError, DataError
+from ..safeload import load_tensors
+from ..nets.build import build_net
+from ..schema import choice
+from ..engine.train import OPTIMIZERS, SCHEDULES, build_optimizer, device_generator, lr_factor
 
 # ---------------------------------------------------------------------------------------------------------
 # Defaults: BatchNorm nets (the BN-statistics loss needs running statistics)
@@ -373,6 +373,6 @@ def teacher_identity(spec, arch: str | None, cfg: dict | None, path, cache_dir) 
 
 def file_sha256(path) -> str:
     """sha256 of a file's bytes, computed once per (path, size, modification time) (ddbench.identity)."""
-    from .identity import content_sha256
+    from ..identity import content_sha256
 
     return content_sha256(Path(path))
