@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ddbench import store as store_mod
+from ddbench.records import store as store_mod
 from ddbench.records.store import ResultStore
 
 

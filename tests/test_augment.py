@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ddbench import augment as A
+from ddbench.engine import augment as A
 from ddbench.errors import ConfigError
 
 

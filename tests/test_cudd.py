@@ -13,7 +13,7 @@ from ddbench.methods import cudd as cudd_mod
 from ddbench.methods import sre2l as sre2l_mod
 from ddbench.methods.cudd import curriculum_ends, num_curricula, select_initial
 from ddbench.nets.build import build_net
-from ddbench import teacher as teacher_mod
+from ddbench.teachers import classifier as teacher_mod
 
 SIDE = 8
 

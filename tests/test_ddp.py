@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ddbench import ddp
+from ddbench.engine import ddp
 from ddbench.engine.train import CutMixCE, evaluate_accuracy, train_classifier
 
 

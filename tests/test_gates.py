@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from ddbench import cellhash, runner
-from ddbench import teacher as teacher_mod
+from ddbench import runner
+from ddbench.records import cellhash
+from ddbench.teachers import classifier as teacher_mod
 from ddbench.cli.options import options_of
 from ddbench.data import get_dataset
 from ddbench.data import gates, spec as spec_mod

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ddbench import leaderboard as lb
-from ddbench.leaderboard import budget, render
+from ddbench.leaderboard import budget, pages, render
 from ddbench import plots
 from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
@@ -178,7 +178,7 @@ def test_records_of_different_config_hashes_are_never_one_row():
 
 
 def test_html_escapes_and_carries_sort_values(store_dir):
-    text = render.render_html(lb.build_tables(stored(store_dir, protocol_version="1")), stamp=STAMP)
+    text = pages.render_html(lb.build_tables(stored(store_dir, protocol_version="1")), stamp=STAMP)
     assert "<td data-v=\"83.0\">83.00 ± 4.97</td>" in text
     assert "row&#x27;s mean" in text and text.count("<table ") == 3 and text.count("<details>") == 3
     assert "<dt>rank</dt><dd>rows sorted by mean" in text and "**" not in text

@@ -13,7 +13,7 @@ import torch
 from scipy import stats as sst
 
 from ddbench import leaderboard as lb
-from ddbench.leaderboard import render
+from ddbench.leaderboard import pages, render
 from ddbench import stats
 from ddbench.records.budget import network_size, set_bytes
 from ddbench.distilled import DistilledSet
@@ -375,7 +375,7 @@ def test_html_page_is_well_formed_and_its_numbers_equal_the_markdowns():
     records = runs("random", [80.0, 81.0, 82.0]) + runs("herding", [90.0, 90.5, 91.0]) + \
         runs("kcenter", [89.0, 91.0, 90.0], ipc=1) + runs("random", [85.0, 86.0, 87.0], protocol="rded", family="soft")
     tables = lb.build_tables(records, defaults=no_card)
-    page = render.render_html(tables)
+    page = pages.render_html(tables)
     checker = _Checker()
     checker.feed(page)
     checker.close()

@@ -9,7 +9,7 @@ import sqlite3
 
 import pytest
 
-from ddbench import store as store_mod
+from ddbench.records import store as store_mod
 from ddbench.errors import StoreError
 from ddbench.records.store import KEY_FIELDS, ResultStore, record_key, summary
 

@@ -226,15 +226,6 @@ def page_header(tables: list[Table], command: str, stamp: tuple[str, str] | None
             **({"archive": f"{old} table(s) of superseded card versions"} if old else {})}
 
 
-def render_html(tables: list[Table], command: str = "ddbench leaderboard", all_versions: bool = False,
-                stamp: tuple[str, str] | None = None) -> str:
-    """The tables as one offline page (`leaderboard.html.page`); `leaderboard.pages` adds set metrics and
-    figures."""
-    from .pages import leaderboard_page
-
-    return leaderboard_page(tables, [], command, all_versions=all_versions, stamp=stamp)
-
-
 # ---------------------------------------------------------------------------------------------- csv
 
 CSV_COLUMNS = ["dataset", "protocol", "protocol_version", "family", "metric", "ipc", "arch", "method",
@@ -269,5 +260,5 @@ def render_csv(tables: list[Table], all_versions: bool = True) -> str:
     return buf.getvalue()
 
 
-RENDERERS = {"md": render_markdown, "html": render_html,
+RENDERERS = {"md": render_markdown,  # html: leaderboard.pages.render_html (the page needs the set metrics)
              "csv": lambda tables, command=None, all_versions=True, stamp=None: render_csv(tables, all_versions)}
