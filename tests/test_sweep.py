@@ -255,3 +255,17 @@ def test_a_task_that_fails_part_way_keeps_the_records_of_its_finished_jobs(tmp_p
     monkeypatch.setattr(HardLabelProtocol, "evaluate_many", real)
     again = execute(load_grid(grid, out=out), out, local=True, device="cpu")
     assert again.added == 1 and again.groups == [["random/digits/ipc1/seed0/dc/convnet3/e1"]]
+
+
+
+def test_a_reference_methods_own_protocol_settings_apply_in_a_sweep_as_in_a_run(tmp_path):
+    """methods/whole.yaml trains 30 `dc` epochs over the whole split: a grid that says nothing about epochs plans
+    them, as `ddbench run --method whole` loads them; the grid's own protocol settings still win."""
+    from ddbench.runner import reference_settings
+
+    assert reference_settings("whole", "dc") == {"epochs": 30}
+    plan = load_grid(write_grid(tmp_path, methods=["whole"], overrides={}), out=tmp_path)
+    assert {c.protocol_overrides["epochs"] for c in plan.evals.values()} == {30}
+    plan = load_grid(write_grid(tmp_path, methods=["whole"], overrides={"protocol": {"dc": {"epochs": 2}}}),
+                     out=tmp_path)
+    assert {c.protocol_overrides["epochs"] for c in plan.evals.values()} == {2}

@@ -273,7 +273,7 @@ def plan_spec(dataset: str, options: dict, cache: dict):
 
 def add_evals(plan: Plan, dcell: DistillCell, sub: dict, kind: str, sets: dict, only: dict, cache: dict,
               info: dict, options: dict) -> None:
-    from ..runner import default_protocol
+    from ..runner import default_protocol, reference_settings
 
     where = sub["where"]
     protocols = sub.get("protocols") or [default_protocol(SimpleNamespace(kind=kind))]
@@ -281,7 +281,8 @@ def add_evals(plan: Plan, dcell: DistillCell, sub: dict, kind: str, sets: dict, 
     for pname in protocols if isinstance(protocols, list) else [protocols]:
         if not keep(only, "protocol", pname):
             continue
-        p_over = protocol_overrides(pname, sub["overrides"], sets)
+        # a reference method's own protocol settings lie under the grid's, as under --set in `ddbench run`
+        p_over = deep_merge(reference_settings(dcell.method, pname), protocol_overrides(pname, sub["overrides"], sets))
         try:
             protocol = protocol_for(pname, p_over, cache)
         except DDBenchError as e:
