@@ -75,12 +75,15 @@ def two_level(values: Iterable[tuple[Hashable, float]], family: str | None = Non
     return Summary(statistics.fmean(means), std, len(means), family, sum(map(len, per_set.values())), eval_std)
 
 
-def deterministic(values: Iterable[tuple[Hashable, Hashable, float]], family: str | None = None) -> Summary:
+def deterministic(values: Iterable[tuple[Hashable, Hashable, float]], family: str | None = None,
+                  seeds: Iterable[Hashable] | None = None) -> Summary:
     """Summary of (seed, set id, accuracy) triples. When two or more distillation seeds gave one and the same set,
     the method is deterministic (a greedy selection rule, the whole split): that set is all the method can
-    produce, so its evaluations are the units of the interval, the ranks and Δ. Otherwise `two_level`."""
+    produce, so its evaluations are the units of the interval, the ranks and Δ. Otherwise `two_level`.
+    `seeds`: every distillation seed behind the values, where a value stands for several (default: theirs)."""
     values = list(values)
-    seeds, sets = {v[0] for v in values}, {v[1] for v in values}
+    sets = {v[1] for v in values}
+    seeds = set(seeds) if seeds is not None else {v[0] for v in values}
     if len(sets) == 1 and len(seeds) >= 2:
         s = two_level(((i, v[2]) for i, v in enumerate(values)), family)
         return Summary(s.mean, s.std, s.n, family, s.n, s.std, deterministic=True)

@@ -303,6 +303,21 @@ def test_figures_count_units_as_the_tables_do():
     assert plots.distill_seconds is budget.distill_seconds  # one definition of a cell's distillation time
 
 
+def test_a_repeated_run_counts_once():
+    """One set under one evaluation seed is one question however many records ask it: a deterministic method's
+    three seeds each evaluated with seeds 0 and 1 are two evaluations (not six), and a rerun of one set's
+    evaluation does not make that set weigh double."""
+    det = [{"seed": s, "distilled_sha256": "a", "eval_seed": e, "acc_last": 80.0 + e} for s in (0, 1, 2)
+           for e in (0, 1)]
+    got = lb.cell_summary(det, "acc_last")
+    assert got.deterministic and (got.n, got.mean) == (2, 80.5) and got.shape == "1 set (deterministic) × 2"
+    two_sets = [{"seed": 0, "distilled_sha256": "a", "eval_seed": 0, "acc_last": 80.0},
+                {"seed": 0, "distilled_sha256": "a", "eval_seed": 0, "acc_last": 80.0},   # a rerun
+                {"seed": 1, "distilled_sha256": "b", "eval_seed": 0, "acc_last": 90.0}]
+    got = lb.cell_summary(two_sets, "acc_last")
+    assert (got.n, got.evaluations, got.mean) == (2, 2, 85.0) and not got.deterministic
+
+
 def test_figure_names_and_titles_fit():
     assert plots.figure_path("out/a.png", ("fashion", "rded", "1", "")).name == "a-fashion-rded-v1.png"
     long_name = plots.figure_path("a.png", ("digits", "dc", "1", "epochs=100, eval_points=1")).name
@@ -426,20 +441,26 @@ def test_republishing_grids_make_three_sets_per_cell_and_the_whole_split_rows(tm
     plan = load_grid(grids / "embedded-sets.yaml", out=tmp_path / "a")
     cells: dict = {}
     for d, c in plan.distills.items():
-        cells.setdefault((c.label, c.dataset, c.ipc), []).append((c.seed, len(plan.evals_of(d))))
+        cells.setdefault((c.label, c.dataset, c.ipc), []).append((c.seed, [e.eval_seed for e in plan.evals_of(d)]))
     assert {m for m, _, _ in cells} == {"random", "dit", "minimax", "mgd3", "acs", "acs-minimax", "igd", "igd-minimax",
                                         "herding", "kcenter", "whole"}
     assert {(m, ds) for m, ds, _ in cells if m == "whole"} == {("whole", "digits"), ("whole", "fashion")}
     for (method, dataset, ipc), runs in cells.items():
-        if method in ("herding", "kcenter", "whole"):  # deterministic: one set, three evaluations of it
-            assert [n for _, n in runs] == [3] * len(runs) and ipc in (1, 10)
+        if method == "whole":  # one split: three evaluations of it
+            assert [sorted(e) for _, e in runs] == [[0, 1, 2]]
+        elif method in ("herding", "kcenter"):  # deterministic: three seeds show it, each its own evaluation seed
+            assert sorted((s, tuple(e)) for s, e in runs) == [(0, (0,)), (1, (1,)), (2, (2,))] and ipc in (1, 10)
         else:
-            assert sorted(s for s, _ in runs) == [0, 1, 2] and {n for _, n in runs} == {1}, (method, runs)
+            assert sorted(s for s, _ in runs) == [0, 1, 2] and {len(e) for _, e in runs} == {1}, (method, runs)
     dc300 = load_grid(grids / "fashion-dc300.yaml", out=tmp_path / "b")
     models: dict = {}
     for d, c in dc300.distills.items():
-        models[(c.label, c.ipc)] = models.get((c.label, c.ipc), 0) + len(dc300.evals_of(d))
-    assert all(n >= 10 for (m, _), n in models.items() if m != "whole")
+        models.setdefault((c.label, c.ipc), []).extend((c.seed, e.eval_seed) for e in dc300.evals_of(d))
+    for (method, _), runs in models.items():  # ten distinct runs per cell; the deterministic ones over 2 seeds
+        if method == "random":
+            assert len({s for s, _ in runs}) == len(runs) >= 10
+        elif method != "whole":
+            assert len(set(runs)) == len({e for _, e in runs}) == len(runs) >= 10 and len({s for s, _ in runs}) >= 2
     assert {k for k in models if k[0] != "whole"} == {(m, i) for m in ("random", "herding", "kcenter") for i in (1, 10)}
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
@@ -285,8 +286,16 @@ def set_id(record: Mapping) -> Any:
 
 def cell_summary(records: list[Mapping], field_name: str, family: str | None = None) -> stats.Summary:
     """Two-level summary of one cell's records: evaluations averaged per set, then over sets; a method whose
-    seeds all gave one set is deterministic (`stats.deterministic`)."""
-    return stats.deterministic(((r.get("seed"), set_id(r), r[field_name]) for r in records), family)
+    seeds all gave one set is deterministic (`stats.deterministic`). One run is one evaluation: records of one
+    set under one evaluation seed (a rerun, or a deterministic method's seeds each evaluated with the same
+    evaluation seed) repeat one question and count once, at the mean of their copies."""
+    runs: dict[Any, list[Mapping]] = {}
+    for i, r in enumerate(records):
+        key = (set_id(r), r["eval_seed"]) if r.get("eval_seed") is not None else ("record", i)
+        runs.setdefault(key, []).append(r)
+    units = [(copies[0].get("seed"), set_id(copies[0]), statistics.fmean(float(c[field_name]) for c in copies))
+             for copies in runs.values()]
+    return stats.deterministic(units, family, seeds={r.get("seed") for r in records})
 
 
 def cells_of(records: Iterable[Mapping], defaults=None) -> list[dict]:
