@@ -56,3 +56,12 @@ def make_idx_folder(root, n_train: int, n_test: int, classes: int = 10, size: in
         _write_idx_gz(root / f"{prefix}-images-idx3-ubyte.gz", _random_pixels(gen, (n, size, size)))
         _write_idx_gz(root / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n, dtype=np.uint8) % classes)
     return root
+
+
+def made_here(method: str, family: str = "hard") -> dict:
+    """`extra.identity` of a record made by this checkout's numerics code (method `method`, protocol family
+    `family`): what the leaderboard compares with to flag rows made by other code."""
+    from ddbench.leaderboard.cards import current_numerics
+
+    return {"set": {"numerics": current_numerics("method", method)},
+            "protocol": {"numerics": current_numerics("protocol", family)}}

@@ -18,6 +18,7 @@ from ddbench.errors import ConfigError
 from ddbench.method import resolve_method_config
 from ddbench.protocol import load_protocol
 from ddbench.records.store import ResultStore, derived_config_hash
+from fakes import made_here
 
 
 # ---------------------------------------------------------------------- fixture store
@@ -35,7 +36,8 @@ def record(method, ipc, arch, seed, acc, *, eval_seed=0, best=None, protocol="dc
             "distilled_sha256": f"{method}{ipc}{seed}".ljust(64, "0"), "distilled_path": "",
             "code_version": "0.1.0", "device": "cpu (2 cores)", "hardware": {"cpu_count": 2},
             "timings": {"prepare": prepare, "distill": distill, "evaluate": 3.0},
-            "peak_mem": {"distill": 100.0, "evaluate": 200.0}, "curve": [[10, acc - 2], [20, acc]], "extra": {}}
+            "peak_mem": {"distill": 100.0, "evaluate": 200.0}, "curve": [[10, acc - 2], [20, acc]],
+            "extra": {"identity": made_here(method)}}
 
 
 RECORDS = [

@@ -8,6 +8,7 @@ import re
 import pytest
 
 from browser import Browser, chromium_path
+from fakes import made_here
 from ddbench import leaderboard as lb
 from ddbench.errors import ConfigError
 from ddbench.leaderboard.html import Figure, Section, page
@@ -20,7 +21,8 @@ def rec(method, acc, seed, *, dataset="digits", ipc=10, protocol="dc", family="h
             "eval_seed": 0, "acc_last": acc, "acc_best": acc, "method_version": "1", "protocol_version": "1",
             "protocol_config": {"family": family, "epochs": 5}, "method_config": {},
             "distilled_sha256": f"{method}{dataset}{ipc}{seed}", "device": "cpu (2 threads)",
-            "timings": {"prepare": 1.0, "distill": 2.0, "evaluate": 3.0}, "extra": {}}
+            "timings": {"prepare": 1.0, "distill": 2.0, "evaluate": 3.0},
+            "extra": {"identity": made_here(method, family)}}
 
 
 def records():

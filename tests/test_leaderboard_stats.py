@@ -20,6 +20,8 @@ from ddbench.distilled import DistilledSet
 from ddbench.errors import ConfigError
 from ddbench.leaderboard.budget import size_text
 from ddbench.leaderboard.repro import render_reproduction_markdown, reproduction_lines, summaries
+from ddbench.leaderboard.tables import row_name
+from fakes import made_here
 
 
 def rec(method, acc, seed, *, ipc=10, arch="convnet3", eval_seed=0, protocol="dc", family="hard", chash=None,
@@ -31,7 +33,8 @@ def rec(method, acc, seed, *, ipc=10, arch="convnet3", eval_seed=0, protocol="dc
          "protocol_version": "1", "protocol_config": {"family": family, "epochs": 5}, "method_config": {},
          "distilled_sha256": f"{method}{ipc}{seed}", "device": "cpu (2 threads)",
          "timings": {"prepare": 1.0, "distill": 2.0, "evaluate": 3.0},
-         "extra": {**(extra or {}), **({"budget": budget} if budget is not None else {})}}
+         "extra": {"identity": made_here(method, family), **(extra or {}),
+                   **({"budget": budget} if budget is not None else {})}}
     if chash:
         r["config_hash"] = chash
     return r
@@ -210,7 +213,8 @@ def test_badges_say_the_scale_and_a_paper_scale_table_gets_none():
 
 # ---------------------------------------------------------------------- references: whole split, DD-Ranking
 def whole(values, ipc=0, **kw):
-    return [dict(r, method="whole") for r in evals("w", values, ipc=ipc, **kw)]
+    return [dict(r, method="whole", extra=dict(r["extra"], identity=made_here("whole")))
+            for r in evals("w", values, ipc=ipc, **kw)]
 
 
 def test_the_whole_split_is_in_every_ipc_table_with_shares_and_scores():
@@ -398,7 +402,8 @@ def test_reproduction_pairs_are_protocols_not_source_notes():
 
 
 def test_a_method_whose_seeds_give_one_set_is_deterministic_and_its_evaluations_count():
-    same = [dict(r, distilled_sha256="one") for r in runs("herding", [80.0, 81.0, 82.0])]  # seeds 0-2, one set
+    same = [dict(r, distilled_sha256="one", eval_seed=r["seed"])  # seeds 0-2, one set, an evaluation seed each
+            for r in runs("herding", [80.0, 81.0, 82.0])]
     rows = by_label(one_table(same + runs("random", [70.0, 71.0, 72.0])))
     s = rows["herding v1"].summary
     assert (s.deterministic, s.n, s.evaluations, s.shape) == (True, 3, 3, "1 set (deterministic) × 3")
@@ -421,3 +426,21 @@ def test_soft_label_scores_read_the_hard_label_run_of_the_same_method():
     assert (rows["herding v1"].ddr.hlr, rows["herding v1"].ddr.lrs) == (None, None)
     assert rows["herding v1"].ddr.ior == pytest.approx(85.25 - 76.0)
     assert "HLR" in soft_t.columns() and "% of whole" not in soft_t.columns()  # no soft-label whole run here
+
+
+def test_rows_made_by_other_numerics_code_are_flagged():
+    """A row whose records carry another numerics fingerprint (or none: made before identity was recorded)
+    is flagged on its row, in its table's badges and in its provenance; rows made by this code are not."""
+    other = [dict(r, extra=dict(r["extra"], identity={"set": {"numerics": "0" * 16},
+                                                      "protocol": r["extra"]["identity"]["protocol"]}))
+             for r in runs("herding", [80.0, 81.0, 82.0])]
+    bare = [dict(r, extra={}) for r in runs("kcenter", [75.0, 76.0, 77.0])]
+    table = one_table(other + bare + runs("random", [70.0, 71.0, 72.0]))
+    rows = by_label(table)
+    assert (rows["herding v1"].code, rows["kcenter v1"].code, rows["random v1"].code) == \
+        ("other code", "code not recorded", None)
+    assert row_name(rows["herding v1"]) == "herding v1 ⚠ other code"
+    assert {"other code", "code not recorded"} <= set(table.badges)
+    assert any("herding v1" in line and "other than this checkout" in line for line in table.details())
+    clean = one_table(runs("herding", [80.0, 81.0, 82.0]) + runs("random", [70.0, 71.0, 72.0]))
+    assert not {"other code", "code not recorded"} & set(clean.badges)

@@ -154,6 +154,44 @@ def teacher_of(record: Mapping) -> dict | None:
     return {"arch": t.get("arch"), "source": t.get("source"), "val_acc": acc, "sha256": t.get("sha256")}
 
 
+OTHER_CODE = "other code"          # a record's numerics fingerprint differs from this checkout's
+CODE_NOT_RECORDED = "code not recorded"  # a record made before the identity fields (docs/results-schema.md)
+
+
+@lru_cache(maxsize=None)
+def current_numerics(kind: str, name: str) -> str | None:
+    """This checkout's numerics fingerprint (ddbench.identity) of method `name` or of protocol family `name`;
+    None where the code no longer has it (an external set, a removed method)."""
+    from ..errors import DDBenchError
+    from ..identity import numerics_fingerprint, numerics_of
+
+    try:
+        if kind == "method":
+            from ..method import method_registry
+            return numerics_fingerprint(numerics_of(method_registry().get(name)))
+        from ..protocol import protocol_class
+        return numerics_fingerprint(numerics_of(protocol_class(name)))
+    except (DDBenchError, ModuleNotFoundError, ImportError):
+        return None
+
+
+def code_state(records: Iterable[Mapping]) -> str | None:
+    """Whether records were made by the numerics code of this checkout: None when every one was (its set's and
+    its protocol's fingerprints both match), `CODE_NOT_RECORDED` when one predates the identity fields,
+    otherwise `OTHER_CODE` when one was made by other code (so the number may not be what this code gives)."""
+    state = None
+    for r in records:
+        ident = (r.get("extra") or {}).get("identity") or {}
+        made = ((ident.get("set") or {}).get("numerics"), (ident.get("protocol") or {}).get("numerics"))
+        if None in made:
+            return CODE_NOT_RECORDED
+        family = (r.get("protocol_config") or {}).get("family")
+        now = (current_numerics("method", str(r.get("method"))), current_numerics("protocol", str(family)))
+        if made != now:
+            state = OTHER_CODE
+    return state
+
+
 @lru_cache(maxsize=None)
 def method_kind(name: str) -> str:
     """The `kind:` of a method card ("" for an external set or a card that no longer exists)."""

@@ -22,7 +22,7 @@ import pandas as pd
 from .. import stats
 from .html import Section, slug, unique_ids
 from .links import links_for
-from .tables import BASELINE, DASH, METRICS, Table, dataset_name
+from .tables import BASELINE, CODE_NOT_RECORDED, DASH, METRICS, OTHER_CODE, Table, dataset_name
 
 FAMILIES = {"hard": "hard labels", "soft": "soft labels"}
 PAGE_TITLE = "ddbench leaderboard"
@@ -87,7 +87,9 @@ def glossary(metric: str) -> list[str]:
         "**Badges**: `smoke scale` marks numbers that are not the paper-scale experiment, and says why: the "
         "protocol card modified (settings in the provenance), ddbench's own small generator trained on the "
         "embedded data in place of the papers' DiT, or a CPU run. ⚑ nonstandard subset: a dataset copy that is "
-        "not the standard one (`--allow-nonstandard-subset`).",
+        "not the standard one (`--allow-nonstandard-subset`). ⚠ other code: a row made by numerics code "
+        "(ddbench.identity) other than the code that generated this page, so rerunning it here may give another "
+        "number; ⚠ code not recorded: made before records kept their code's fingerprint.",
     ]
 
 
@@ -201,9 +203,11 @@ def section_title(t: Table) -> str:
 
 def page_badges(t: Table) -> list[str]:
     """The table's badges as the page shows them: "smoke scale: card modified / CPU" in one badge."""
-    scale = [b for b in t.badges if b not in ("smoke scale", "nonstandard subset")]
+    flags = ("nonstandard subset", OTHER_CODE, CODE_NOT_RECORDED)
+    scale = [b for b in t.badges if b != "smoke scale" and b not in flags]
     out = [("smoke scale: " + " / ".join(scale)) if scale else "smoke scale"] if "smoke scale" in t.badges else []
     out += ["⚑ nonstandard subset"] if "nonstandard subset" in t.badges else []
+    out += [f"⚠ {b}" for b in (OTHER_CODE, CODE_NOT_RECORDED) if b in t.badges]
     return out + ([] if t.current else ["superseded card versions"])
 
 

@@ -30,8 +30,9 @@ from .. import stats
 from ..errors import ConfigError
 from ..records.store import SUMMARY_GROUP
 from .budget import budget_facts, seconds_text, size_text, teacher_text, total_bytes
-from .cards import (NO_HASH, REPORTED_META, by_variant, card_config, card_hash, config_diff,  # noqa: F401 (re-exported)
-                    is_current, load_reported, method_kind, teacher_of, with_label_keys)
+from .cards import (CODE_NOT_RECORDED, NO_HASH, OTHER_CODE, REPORTED_META, by_variant,  # noqa: F401 (re-exported)
+                    card_config, card_hash, code_state, config_diff, is_current, load_reported, method_kind,
+                    teacher_of, with_label_keys)
 
 # metric flag -> (record field, plain label)
 METRICS = {
@@ -90,6 +91,7 @@ class Row:
     settings: str = ""                           # method settings that differ from the card (full keys)
     current: bool = True                         # made by the current card version
     nonstandard: str | None = None               # why the data are a nonstandard subset (records say so)
+    code: str | None = None                      # None: made by this checkout's numerics code (`code_state`)
     source: str = ""                             # a paper row's source
 
     @property
@@ -200,6 +202,8 @@ class Table:
                 continue
             settings = f"; settings {r.settings}" if r.settings else ""
             note = f"; nonstandard data: {r.nonstandard}" if r.nonstandard else ""
+            note += {OTHER_CODE: "; made by numerics code other than this checkout's",
+                     CODE_NOT_RECORDED: "; made before records kept their numerics code"}.get(r.code or "", "")
             out.append(f"{r.label}: method card v{r.version or DASH}, config hash {_hash(r.config_hash)}{settings}"
                        f"{note}.")
         return out
@@ -210,7 +214,8 @@ METRIC_COLUMNS = {"last": "test accuracy (%)", "best": "best-epoch test accuracy
 
 def row_name(row: Row) -> str:
     flag = " ⚑ nonstandard subset" if row.nonstandard else ""
-    return row.label + flag
+    code = f" ⚠ {row.code}" if row.code else ""
+    return row.label + flag + code
 
 
 def accuracy_text(row: Row) -> str:
@@ -435,7 +440,7 @@ def _measured_row(cell: dict, field_name: str, current, split: set) -> Row:
     return Row(row_label(cell["method"], cell["method_version"], settings, suffix), cell["method"],
                cell["method_version"], kind, cell_summary(recs, field_name, family), budget=row_facts(recs),
                config_hash=chash, settings=settings, current=is_current,
-               nonstandard="; ".join(nonstandard) or None)
+               nonstandard="; ".join(nonstandard) or None, code=code_state(recs))
 
 
 def _family(recs: list[Mapping]) -> str | None:
@@ -502,6 +507,7 @@ def badges(t: Table) -> list[str]:
     out = (["smoke scale"] + why) if why else []
     if any(r.nonstandard for r in t.rows):
         out.append("nonstandard subset")
+    out += sorted({r.code for r in t.rows if r.code})
     return out
 
 
