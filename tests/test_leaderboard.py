@@ -102,7 +102,9 @@ def test_markdown_matches_the_pinned_layout(store_dir):
     text = page(lb.build_tables(stored(store_dir)))
     assert text.startswith("# ddbench leaderboard\n\nGenerated 2026-01-01 from ddbench commit abc1234 by "
                            "`ddbench leaderboard`")
-    assert "Devices: cpu (2 cores).  \nProtocol cards: every current table uses its card's own settings." in text
+    assert "Devices: cpu (2 cores).  \nCompute behind these rows: 2 min on cpu (2 cores) (distillation 2 min, " \
+           "evaluation 36 s), as the records timed it (generators and teachers trained beforehand are not in it)." \
+           "  \nProtocol cards: every current table uses its card's own settings." in text
     assert text.count("## Glossary") == 1
     assert EXPECTED_TABLE in text
     # one table per (dataset, protocol, IPC, network), titled without settings or hashes

@@ -444,3 +444,17 @@ def test_rows_made_by_other_numerics_code_are_flagged():
     assert any("herding v1" in line and "other than this checkout" in line for line in table.details())
     clean = one_table(runs("herding", [80.0, 81.0, 82.0]) + runs("random", [70.0, 71.0, 72.0]))
     assert not {"other code", "code not recorded"} & set(clean.badges)
+
+
+def test_the_header_states_the_compute_behind_the_rows_once():
+    """Device time from the records' own timings: each set's distillation and the one-off preparation once,
+    every evaluation; the whole split, shown in every IPC table, counted once."""
+    from ddbench.leaderboard.render import compute_line, duration
+
+    records = whole([95.0, 97.0]) + runs("random", [60.0, 62.0, 64.0], ipc=1) + runs("random", [80.0, 82.0, 84.0])
+    tables = lb.build_tables(records, defaults=no_card)
+    assert len(tables) == 2
+    # distillation: whole 1 + 2, random 1 + 3 × 2 per IPC = 17 s; evaluation: 2 × 3 + 2 × 3 × 3 = 24 s
+    assert compute_line(tables).startswith("41 s on cpu (2 threads) (distillation 17 s, evaluation 24 s)")
+    assert compute_line([]) == "not recorded"
+    assert (duration(59), duration(600), duration(5400)) == ("59 s", "10 min", "1.5 h")

@@ -49,7 +49,27 @@ def budget_facts(records: list[Mapping]) -> dict:
             "label_bytes": _one(labels), "soft": soft,
             "teacher_params": _one([b.get("teacher_params") for b in budgets]) if soft else 0,
             "teacher_bytes": _one([b.get("teacher_bytes") for b in budgets]) if soft else 0,
-            "distill_s": distill_seconds(records), "eval_s": _one(evals)}
+            "distill_s": distill_seconds(records), "eval_s": _one(evals), "spent": spent_seconds(records)}
+
+
+def spent_seconds(records: list[Mapping]) -> dict[str, dict[str, float]]:
+    """Device seconds the records cost, per device: {device: {"distill": s, "evaluate": s}}. Distillation: the
+    one-off `prepare` once and each set's `distill` once (per distillation seed); evaluation: every record's
+    `evaluate`. A record without timings adds nothing (the page says the total counts recorded time only)."""
+    out: dict[str, dict[str, float]] = {}
+    seen: set = set()
+    for r in records:
+        t, device = r.get("timings") or {}, str(r.get("device") or DASH)
+        spent = out.setdefault(device, {"distill": 0.0, "evaluate": 0.0})
+        spent["evaluate"] += float(t.get("evaluate") or 0.0)
+        if r.get("seed") not in seen:
+            seen.add(r.get("seed"))
+            spent["distill"] += float(t.get("distill") or 0.0)
+    prepare = max(((str(r.get("device") or DASH), float((r.get("timings") or {}).get("prepare") or 0.0))
+                   for r in records), key=lambda x: x[1], default=None)
+    if prepare:
+        out[prepare[0]]["distill"] += prepare[1]
+    return out
 
 
 def total_bytes(facts: Mapping) -> float | None:

@@ -105,6 +105,29 @@ def devices_of(tables: list[Table]) -> list[str]:
     return sorted({d for t in tables for d in t.devices})
 
 
+def compute_line(tables: list[Table]) -> str:
+    """The device time behind the page's rows, per device, from the records' own timings (`budget.spent_seconds`;
+    a row shown in several tables, like the whole split, counted once)."""
+    total: dict[str, list[float]] = {}
+    rows = {id(r): r for t in tables for r in t.rows if r.budget}
+    for r in rows.values():
+        for device, s in (r.budget.get("spent") or {}).items():
+            acc = total.setdefault(device, [0.0, 0.0])
+            acc[0], acc[1] = acc[0] + s["distill"], acc[1] + s["evaluate"]
+    if not total:
+        return "not recorded"
+    parts = [f"{duration(d + e)} on {device} (distillation {duration(d)}, evaluation {duration(e)})"
+             for device, (d, e) in sorted(total.items())]
+    return "; ".join(parts) + ", as the records timed it (generators and teachers trained beforehand are not in it)"
+
+
+def duration(seconds: float) -> str:
+    """"42 s", "17 min", "3.4 h"."""
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 3600 else f"{seconds / 3600:.1f} h"
+
+
 def changes_line(tables: list[Table]) -> str:
     """The protocol settings the current tables changed from their cards, stated once for the page."""
     changes = sorted({(t.protocol, t.variant) for t in tables if t.current and t.variant})
@@ -140,7 +163,8 @@ def render_markdown(tables: list[Table], command: str = "ddbench leaderboard", a
     current = [t for t in tables if t.current]
     old = [t for t in tables if not t.current]
     metric = tables[0].metric if tables else "last"
-    header = generated_line(command, devices_of(tables), stamp) + [changes_line(tables)]
+    header = generated_line(command, devices_of(tables), stamp) + \
+        [f"Compute behind these rows: {compute_line(shown_tables(tables, all_versions))}.", changes_line(tables)]
     parts = [f"# {PAGE_TITLE}", "", *[f"{x}  " for x in header[:-1]], header[-1], "",
              "## Glossary", "", *[f"- {x}" for x in glossary(metric)], ""]
     parts += [markdown_section(t, figures=figures) for t in current]
@@ -220,13 +244,15 @@ def glossary_terms(metric: str) -> dict[str, str]:
     return out
 
 
-def page_header(tables: list[Table], command: str, stamp: tuple[str, str] | None = None) -> dict[str, str]:
-    """The facts under the page title: date, commit, command, devices, the card changes (stated once)."""
+def page_header(tables: list[Table], command: str, stamp: tuple[str, str] | None = None,
+                shown: list[Table] | None = None) -> dict[str, str]:
+    """The facts under the page title: date, commit, command, devices, the compute behind the `shown` tables
+    (default: every table), the card changes (stated once)."""
     date, commit = stamp or (datetime.now(timezone.utc).strftime("%Y-%m-%d"), checkout_commit())
     old = sum(not t.current for t in tables)
     return {"generated": f"{date} from ddbench commit {commit}, from the results store (never edited by hand)",
             "command": command, "devices": ", ".join(devices_of(tables)) or DASH,
-            "protocol cards": changes_line(tables).replace("`", ""),
+            "compute": compute_line(tables if shown is None else shown), "protocol cards": changes_line(tables).replace("`", ""),
             **({"archive": f"{old} table(s) of superseded card versions"} if old else {})}
 
 
