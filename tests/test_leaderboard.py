@@ -445,11 +445,18 @@ def test_republishing_grids_make_three_sets_per_cell_and_the_whole_split_rows(tm
     plan = load_grid(grids / "embedded-sets.yaml", out=tmp_path / "a")
     cells: dict = {}
     for d, c in plan.distills.items():
-        cells.setdefault((c.label, c.dataset, c.ipc), []).append((c.seed, [e.eval_seed for e in plan.evals_of(d)]))
-    assert {m for m, _, _ in cells} == {"random", "dit", "minimax", "mgd3", "acs", "acs-minimax", "igd", "igd-minimax",
-                                        "herding", "kcenter", "whole"}
-    assert {(m, ds) for m, ds, _ in cells if m == "whole"} == {("whole", "digits"), ("whole", "fashion")}
-    for (method, dataset, ipc), runs in cells.items():
+        for protocol in ("dc", "rded"):
+            evals = [e.eval_seed for e in plan.evals_of(d) if e.protocol == protocol]
+            if evals:
+                cells.setdefault((c.label, c.dataset, c.ipc, protocol), []).append((c.seed, evals))
+    assert {m for m, _, _, _ in cells} == {"random", "dit", "minimax", "mgd3", "acs", "acs-minimax", "igd",
+                                           "igd-minimax", "herding", "kcenter", "whole", "sre2l", "cudd"}
+    assert {m for m, ds, ipc, p in cells if p == "rded"} == {"random", "sre2l", "cudd", "dit", "minimax", "mgd3",
+                                                             "acs", "acs-minimax"}
+    assert {(ds, ipc) for m, ds, ipc, p in cells if p == "rded" or m in ("sre2l", "cudd")} == {("fashion", 10)}
+    cells = {k[:3] + ((k[3],) if k[3] == "rded" else ()): v for k, v in cells.items()}
+    assert {(k[0], k[1]) for k in cells if k[0] == "whole"} == {("whole", "digits"), ("whole", "fashion")}
+    for (method, dataset, ipc, *_), runs in cells.items():
         if method == "whole":  # one split: three evaluations of it
             assert [sorted(e) for _, e in runs] == [[0, 1, 2]]
         elif method in ("herding", "kcenter"):  # deterministic: three seeds show it, each its own evaluation seed
