@@ -486,3 +486,40 @@ def test_an_export_reimports_into_its_own_store_without_conflicts(tmp_path):
         assert set(paths) == {None, "distilled/random/a"}
         result = store.import_jsonl(tmp_path / "out.jsonl")  # a location is not a result: nothing conflicts
         assert (result.added, result.skipped, result.conflicts) == (0, 2, [])
+
+
+def test_export_merges_run_directories_and_publishes_only_complete_cells(tmp_path, capsys):
+    """`ddbench export --out A --out B --min-sets 3`: the records of both stores in one file, minus the cells
+    with fewer than three sets, each named on stdout; a missing store or a count below 1 is a one-line error."""
+    from ddbench.cli import main
+
+    for i, part in enumerate((RECORDS[::2], RECORDS[1::2])):
+        with ResultStore(tmp_path / f"run{i}" / "results.db") as store:
+            for r in part:
+                store.add(r)
+    out = tmp_path / "published.jsonl"
+    assert main(["export", str(out), "--out", str(tmp_path / "run0"), "--out", str(tmp_path / "run1")]) == 0
+    assert len(out.read_text().splitlines()) == len(RECORDS)
+    assert main(["export", str(out), "--out", str(tmp_path / "run0"), "--out", str(tmp_path / "run1"),
+                 "--min-sets", "3"]) == 0
+    kept = [json.loads(x) for x in out.read_text().splitlines()]
+    cells = {(r["method"], r["ipc"], r["arch"], r["protocol_version"]) for r in kept}
+    assert ("random", 10, "convnet3", "1") in cells and ("random", 1, "convnet3", "1") not in cells
+    for cell in cells:  # every published cell has three sets or more
+        assert len({r["distilled_sha256"] for r in kept if (r["method"], r["ipc"], r["arch"],
+                                                              r["protocol_version"]) == cell}) >= 3, cell
+    printed = capsys.readouterr().out
+    assert "left out (fewer than 3): random digits IPC 1 dc convnet3: 2 set(s)" in printed
+    assert main(["export", str(out), "--out", str(tmp_path / "nowhere")]) == 2
+    assert main(["export", str(out), "--out", str(tmp_path / "run0"), "--min-sets", "0"]) == 2
+
+
+def test_complete_cells_counts_the_units_the_tables_count():
+    same = [dict(record("herding", 10, "convnet3", s, 80.0 + s, eval_seed=s), distilled_sha256="h" * 64)
+            for s in (0, 1, 2)]  # deterministic: three seeds, one set, three distinct evaluations
+    whole = [dict(record("whole", 0, "convnet3", 0, 99.0, eval_seed=e)) for e in (0, 1, 2)]
+    two = [record("random", 10, "convnet3", s, 80.0) for s in (0, 1)]
+    kept, left = lb.tables.complete_cells(same + whole + two, 3)
+    assert {r["method"] for r in kept} == {"herding", "whole"}
+    assert left == ["random digits IPC 10 dc convnet3: 2 set(s)"]
+    assert lb.tables.complete_cells(same + whole + two, 4)[0] == []

@@ -165,13 +165,32 @@ def cmd_list(p: argparse.ArgumentParser):
 @command("export", "write the results store as JSONL")
 def cmd_export(p: argparse.ArgumentParser):
     p.add_argument("file")
-    p.add_argument("--out", default="runs", help="run directory holding results.db")
+    p.add_argument("--out", action="append", help="run directory holding results.db (default runs); repeat it "
+                                                  "to write the records of several run directories to one file")
+    p.add_argument("--min-sets", type=int, default=None, metavar="N",
+                   help="publish only cells with at least N distilled sets (a deterministic method: N distinct "
+                        "evaluations of its set; the whole split: N evaluations); the cells left out are listed")
 
     def handler(args):
-        from ..records.store import ResultStore
+        from ..records.store import ResultStore, write_jsonl
 
-        with ResultStore(Path(args.out) / "results.db") as store:
-            n = store.export_jsonl(args.file)
+        if args.min_sets is not None and args.min_sets < 1:
+            raise ConfigError(f"--min-sets {args.min_sets}: expected a count of at least 1, e.g. --min-sets 3")
+        outs = args.out or ["runs"]
+        for out in outs:
+            if not (Path(out) / "results.db").is_file():
+                raise ConfigError(f"--out {out}: no results.db there; give a run directory that a run or sweep wrote")
+        records = []
+        for out in outs:
+            with ResultStore(Path(out) / "results.db") as store:
+                records += store.portable_records()
+        if args.min_sets is not None:
+            from ..leaderboard.tables import complete_cells
+
+            records, left = complete_cells(records, args.min_sets)
+            for line in left:
+                print(f"left out (fewer than {args.min_sets}): {line}")
+        n = write_jsonl(args.file, records)
         print(f"exported {n} records to {args.file}")
     return handler
 

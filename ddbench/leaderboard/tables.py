@@ -319,6 +319,27 @@ def cells_of(records: Iterable[Mapping], defaults=None) -> list[dict]:
     return out
 
 
+def complete_cells(records: Iterable[Mapping], min_units: int, defaults=None) -> tuple[list[dict], list[str]]:
+    """The records of the cells that have at least `min_units` units of evidence — distilled sets; a
+    deterministic method's distinct evaluations of its one set; the whole split's evaluations (a reference
+    has one set) — and one line per cell left out ("dit digits IPC 10 dc convnet3: 2 sets"). For publishing
+    only what a table can read (`ddbench export --min-sets`)."""
+    kept, left = [], []
+    for cell in cells_of(records, defaults):
+        recs = cell["records"]
+        s = cell_summary(recs, "acc_last")
+        reference = method_kind(cell["method"]) == REFERENCE
+        units = s.evaluations if reference else s.n
+        if units >= min_units:
+            kept += recs
+        else:
+            what = "evaluation(s)" if reference or s.deterministic else "set(s)"
+            label = cell["method"] + (f" [{cell['mvariant']}]" if cell["mvariant"] else "")
+            left.append(f"{label} {cell['dataset']} IPC {cell['ipc']} {cell['protocol']} {cell['arch']}: "
+                        f"{units} {what}")
+    return kept, left
+
+
 def variant_summary(records: Iterable[Mapping], defaults=None, extra: Callable | None = None) -> pd.DataFrame:
     """One row per cell, two-level: `n` = distilled sets, `evaluations`, `<metric>_mean` = the mean over sets of
     each set's mean, `<metric>_std` = the sample std over sets (0 for one set); the `cells_of` columns but the

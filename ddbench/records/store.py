@@ -439,11 +439,12 @@ class ResultStore:
         """Write the matching records as JSONL (sorted keys, key order), atomically; returns the count.
         Published records carry no machine-specific paths: `distilled_path` becomes relative to the run
         directory (the store's folder), or is dropped (None) when the set lies outside it."""
-        records = [dict(r, distilled_path=portable_path(r.get("distilled_path"), self.path.parent))
-                   for r in self.query(**filters)]
-        text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n" for r in records)
-        _atomic_write(Path(path), text)
-        return len(records)
+        return write_jsonl(path, self.portable_records(**filters))
+
+    def portable_records(self, **filters: Any) -> list[dict]:
+        """`query(**filters)` with `distilled_path` relative to the run directory (None outside it)."""
+        return [dict(r, distilled_path=portable_path(r.get("distilled_path"), self.path.parent))
+                for r in self.query(**filters)]
 
     def __len__(self) -> int:
         return self._execute("SELECT count(*) FROM results").fetchone()[0]
@@ -508,6 +509,14 @@ def _read_jsonl(path: Path) -> Iterable[tuple[int, dict]]:
         if not isinstance(rec, dict):
             raise StoreError(f"{path}:{i}: expected a JSON object (one result record per line)")
         yield i, rec
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[Mapping]) -> int:
+    """Records as JSONL (sorted keys), written atomically; returns the count."""
+    records = list(records)
+    text = "".join(json.dumps(r, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n" for r in records)
+    _atomic_write(Path(path), text)
+    return len(records)
 
 
 def _atomic_write(path: Path, text: str) -> None:
