@@ -33,6 +33,7 @@ from . import stats
 from .errors import ConfigError
 from .leaderboard import BASELINE, METRICS, arch_order, cell_summary, column_labels, method_order, variant_summary
 from .leaderboard.budget import distill_seconds
+from .leaderboard.cards import method_kind
 
 PANEL_IN = (5.0, 4.0)   # inches per panel (width, height)
 LEGEND_IN = 2.4         # inches right of the panels for the legend
@@ -182,23 +183,34 @@ def _family(df: pd.DataFrame) -> str:
     return FAMILIES.get(df["family"].iloc[0], "protocol family not recorded") if "family" in df else ""
 
 
-def _figures(df: pd.DataFrame, output, what: str, draw: Callable) -> list[tuple[Path, tuple[int, int]]]:
-    """One figure per FIGURE_KEYS value, one panel per network; `draw(ax, panel, styles)` draws a panel."""
+def _figures(df: pd.DataFrame, output, what: str, draw: Callable,
+             dot_whisker: bool = False) -> list[tuple[Path, tuple[int, int]]]:
+    """One figure per FIGURE_KEYS value, one panel per network; `draw(ax, panel, styles)` draws a panel
+    (`dot_whisker`: a one-IPC panel puts accuracy on x). The whole split (its own protocol settings) is no
+    figure of its own: a dotted line in the figures of its dataset and protocol card."""
     from matplotlib.lines import Line2D
 
     written = []
+    whole = df["method"].map(method_kind) == WHOLE_KIND  # the whole split: a line in its dataset's figures
+    refs, df = df[whole], df[~whole]
     for key in _figure_keys(df):
         part = _select(df, FIGURE_KEYS, key)
+        ref = _select(refs, FIGURE_KEYS[:3], key[:3])
         archs = sorted(part["arch"].unique(), key=arch_order)
         styles = variant_styles(part["label"])
         fig, axes = _figure(len(archs))
         for ax, arch in zip(axes, archs):
             draw(ax, part[part["arch"] == arch], styles)
+            _whole_lines(ax, ref[ref["arch"] == arch],
+                         vertical=dot_whisker and part[part["arch"] == arch]["ipc"].nunique() == 1)
             ax.set_title(f"evaluated on {arch}", fontsize="medium")
             ax.grid(alpha=0.3)
         handles = [Line2D([], [], color=c, marker=m, markersize=7, linestyle="none",
                           label=textwrap.fill(lb + (" (reference)" if c == REFERENCE else ""), 30))
                    for lb, (c, m) in styles.items()]
+        handles += [Line2D([], [], color=WHOLE_COLOUR, linestyle=":", linewidth=1.5,
+                           label=textwrap.fill(f"{lb} (whole training split; IPC does not apply)", 30))
+                    for lb in sorted(ref["label"].unique())]
         if (part["n_sets"] == 1).any():
             handles.append(Line2D([], [], color="#444", marker="o", markerfacecolor="white", linestyle="none",
                                   label="hollow: 1 set\n(whisker: std of its\nevaluations)"))
@@ -211,6 +223,17 @@ def _figures(df: pd.DataFrame, output, what: str, draw: Callable) -> list[tuple[
         path = figure_path(output, key)
         written.append((path, _save(fig, path)))
     return written
+
+
+WHOLE_KIND = "reference"   # the method kind of the whole split (methods/whole.yaml)
+WHOLE_COLOUR = "#000000"
+
+
+def _whole_lines(ax, ref: pd.DataFrame, vertical: bool) -> None:
+    """The whole split's mean accuracy as a dotted line across the panel (vertical on a dot-and-whisker panel,
+    whose accuracy axis is x)."""
+    for r in ref.itertuples(index=False):
+        (ax.axvline if vertical else ax.axhline)(r.mean, color=WHOLE_COLOUR, linestyle=":", linewidth=1.5, zorder=0)
 
 
 def _labels_in_order(panel: pd.DataFrame) -> list[tuple[str, str]]:
@@ -253,7 +276,7 @@ def plot_ipc(records: Iterable[Mapping], output: str | Path, metric: str = "last
         ax.minorticks_off()
         ax.set(xlabel="images per class (IPC, log scale)", ylabel=axis_label(metric))
 
-    return _figures(df, output, "accuracy vs IPC", draw)
+    return _figures(df, output, "accuracy vs IPC", draw, dot_whisker=True)
 
 
 def _dot_whisker(ax, panel: pd.DataFrame, styles, metric: str) -> None:

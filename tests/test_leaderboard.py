@@ -523,3 +523,19 @@ def test_complete_cells_counts_the_units_the_tables_count():
     assert {r["method"] for r in kept} == {"herding", "whole"}
     assert left == ["random digits IPC 10 dc convnet3: 2 set(s)"]
     assert lb.tables.complete_cells(same + whole + two, 4)[0] == []
+
+
+def test_the_whole_split_is_a_line_in_its_datasets_figures_not_a_figure_of_its_own(tmp_path, monkeypatch):
+    """The whole split runs its own protocol settings (30 epochs): it joins the figures of its dataset and
+    protocol card as a dotted line (vertical on a one-IPC dot-and-whisker panel), never a lone figure."""
+    drawn = []
+    monkeypatch.setattr(plots, "_whole_lines", lambda ax, ref, vertical: drawn.append((list(ref["mean"]), vertical)))
+    random_runs = [record("random", ipc, "convnet3", s, 60.0 + ipc + s) for ipc in (1, 10) for s in (0, 1, 2)]
+    whole = [record("whole", 0, "convnet3", 0, 99.0 + e / 10, eval_seed=e, protocol_set={"epochs": 30})
+             for e in (0, 1, 2)]
+    written = plots.plot_ipc(random_runs + whole, tmp_path / "a.png")
+    assert len(written) == 1 and drawn == [([pytest.approx(99.1)], False)]
+    drawn.clear()
+    (path, _), = plots.plot_ipc([r for r in random_runs if r["ipc"] == 10] + whole, tmp_path / "b.png")
+    assert drawn == [([pytest.approx(99.1)], True)]  # one IPC: a dot-and-whisker panel, accuracy on x
+    assert len(plots.plot_time(random_runs + whole, tmp_path / "c.png")) == 1
