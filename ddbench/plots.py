@@ -32,6 +32,7 @@ import pandas as pd
 from . import stats
 from .errors import ConfigError
 from .leaderboard import BASELINE, METRICS, arch_order, cell_summary, column_labels, method_order, variant_summary
+from .leaderboard import REFERENCE as REFERENCE_KIND  # the whole split's method kind (REFERENCE here: a colour)
 from .leaderboard.budget import distill_seconds
 from .leaderboard.cards import method_kind
 
@@ -191,7 +192,7 @@ def _figures(df: pd.DataFrame, output, what: str, draw: Callable,
     from matplotlib.lines import Line2D
 
     written = []
-    whole = df["method"].map(method_kind) == WHOLE_KIND  # the whole split: a line in its dataset's figures
+    whole = df["method"].map(method_kind) == REFERENCE_KIND  # the whole split: a line in its dataset's figures
     refs, df = df[whole], df[~whole]
     for key in _figure_keys(df):
         part = _select(df, FIGURE_KEYS, key)
@@ -225,7 +226,6 @@ def _figures(df: pd.DataFrame, output, what: str, draw: Callable,
     return written
 
 
-WHOLE_KIND = "reference"   # the method kind of the whole split (methods/whole.yaml)
 WHOLE_COLOUR = "#000000"
 
 

@@ -26,14 +26,24 @@ def _one(values: list):
 def distill_seconds(records: list[Mapping]) -> float | None:
     """The one-off `prepare` (counted once: the largest over seeds, since it is cached after the first) + the
     mean `distill` time per distilled set. None when no record has timings."""
-    per_seed: dict = {}
-    for r in records:
-        per_seed.setdefault(r.get("seed"), r.get("timings") or {})
-    distill = [t["distill"] for t in per_seed.values() if "distill" in t]
+    per_seed = _first_per_seed(records)
+    distill = [t["distill"] for t in (r.get("timings") or {} for r in per_seed) if "distill" in t]
     if not distill:
         return None
-    prepare = max((t.get("prepare", 0.0) for t in per_seed.values()), default=0.0)
-    return prepare + sum(distill) / len(distill)
+    return _prepare(per_seed) + sum(distill) / len(distill)
+
+
+def _first_per_seed(records: list[Mapping]) -> list[Mapping]:
+    """One record per distillation seed (the first): a set is distilled once, however often it is evaluated."""
+    per_seed: dict = {}
+    for r in records:
+        per_seed.setdefault(r.get("seed"), r)
+    return list(per_seed.values())
+
+
+def _prepare(per_seed: list[Mapping]) -> float:
+    """The one-off `prepare`, counted once: the largest over seeds, since it is cached after the first."""
+    return max(((r.get("timings") or {}).get("prepare") or 0.0 for r in per_seed), default=0.0)
 
 
 def budget_facts(records: list[Mapping]) -> dict:
@@ -56,19 +66,17 @@ def spent_seconds(records: list[Mapping]) -> dict[str, dict[str, float]]:
     """Device seconds the records cost, per device: {device: {"distill": s, "evaluate": s}}. Distillation: the
     one-off `prepare` once and each set's `distill` once (per distillation seed); evaluation: every record's
     `evaluate`. A record without timings adds nothing (the page says the total counts recorded time only)."""
+    def device(r: Mapping) -> dict[str, float]:
+        return out.setdefault(str(r.get("device") or DASH), {"distill": 0.0, "evaluate": 0.0})
+
     out: dict[str, dict[str, float]] = {}
-    seen: set = set()
     for r in records:
-        t, device = r.get("timings") or {}, str(r.get("device") or DASH)
-        spent = out.setdefault(device, {"distill": 0.0, "evaluate": 0.0})
-        spent["evaluate"] += float(t.get("evaluate") or 0.0)
-        if r.get("seed") not in seen:
-            seen.add(r.get("seed"))
-            spent["distill"] += float(t.get("distill") or 0.0)
-    prepare = max(((str(r.get("device") or DASH), float((r.get("timings") or {}).get("prepare") or 0.0))
-                   for r in records), key=lambda x: x[1], default=None)
-    if prepare:
-        out[prepare[0]]["distill"] += prepare[1]
+        device(r)["evaluate"] += float((r.get("timings") or {}).get("evaluate") or 0.0)
+    per_seed = _first_per_seed(records)
+    for r in per_seed:
+        device(r)["distill"] += float((r.get("timings") or {}).get("distill") or 0.0)
+    if per_seed:  # on the device of the first set, where the one-off preparation ran
+        device(per_seed[0])["distill"] += float(_prepare(per_seed))
     return out
 
 

@@ -252,7 +252,8 @@ def page_header(tables: list[Table], command: str, stamp: tuple[str, str] | None
     old = sum(not t.current for t in tables)
     return {"generated": f"{date} from ddbench commit {commit}, from the results store (never edited by hand)",
             "command": command, "devices": ", ".join(devices_of(tables)) or DASH,
-            "compute": compute_line(tables if shown is None else shown), "protocol cards": changes_line(tables).replace("`", ""),
+            "compute": compute_line(tables if shown is None else shown),
+            "protocol cards": changes_line(tables).replace("`", ""),
             **({"archive": f"{old} table(s) of superseded card versions"} if old else {})}
 
 
