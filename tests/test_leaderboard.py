@@ -509,9 +509,11 @@ def test_export_merges_run_directories_and_publishes_only_complete_cells(tmp_pat
         assert len({r["distilled_sha256"] for r in kept if (r["method"], r["ipc"], r["arch"],
                                                               r["protocol_version"]) == cell}) >= 3, cell
     printed = capsys.readouterr().out
-    assert "left out (fewer than 3): random digits IPC 1 dc convnet3: 2 set(s)" in printed
+    assert "left out (too few): random digits IPC 1 dc convnet3: 2 set(s)" in printed
     assert main(["export", str(out), "--out", str(tmp_path / "nowhere")]) == 2
     assert main(["export", str(out), "--out", str(tmp_path / "run0"), "--min-sets", "0"]) == 2
+    assert main(["export", str(out), "--out", str(tmp_path / "run0"), "--min-reference", "1"]) == 2
+    assert main(["export", str(out), "--out", str(tmp_path / "run0"), "--min-sets", "3", "--min-reference", "0"]) == 2
 
 
 def test_complete_cells_counts_the_units_the_tables_count():
@@ -523,6 +525,11 @@ def test_complete_cells_counts_the_units_the_tables_count():
     assert {r["method"] for r in kept} == {"herding", "whole"}
     assert left == ["random digits IPC 10 dc convnet3: 2 set(s)"]
     assert lb.tables.complete_cells(same + whole + two, 4)[0] == []
+    # the reference is never ranked: --min-reference 1 publishes one evaluation of it beside 3-set cells
+    kept, left = lb.tables.complete_cells(same + whole[:1] + two, 3, min_reference=1)
+    assert {r["method"] for r in kept} == {"herding", "whole"}
+    kept, left = lb.tables.complete_cells(same + whole[:1] + two, 3)
+    assert {r["method"] for r in kept} == {"herding"} and "whole digits IPC 0 dc convnet3: 1 evaluation(s)" in left
 
 
 def test_the_whole_split_is_a_line_in_its_datasets_figures_not_a_figure_of_its_own(tmp_path, monkeypatch):

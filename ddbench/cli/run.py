@@ -170,12 +170,19 @@ def cmd_export(p: argparse.ArgumentParser):
     p.add_argument("--min-sets", type=int, default=None, metavar="N",
                    help="publish only cells with at least N distilled sets (a deterministic method: N distinct "
                         "evaluations of its set; the whole split: N evaluations); the cells left out are listed")
+    p.add_argument("--min-reference", type=int, default=None, metavar="M",
+                   help="with --min-sets: the whole-split reference needs M evaluations instead of N (it is "
+                        "never ranked; its table shows how many it rests on)")
 
     def handler(args):
         from ..records.store import ResultStore, write_jsonl
 
-        if args.min_sets is not None and args.min_sets < 1:
-            raise ConfigError(f"--min-sets {args.min_sets}: expected a count of at least 1, e.g. --min-sets 3")
+        for flag, value in (("--min-sets", args.min_sets), ("--min-reference", args.min_reference)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{flag} {value}: expected a count of at least 1, e.g. {flag} 3")
+        if args.min_reference is not None and args.min_sets is None:
+            raise ConfigError("--min-reference applies with --min-sets: add --min-sets N (e.g. --min-sets 3 "
+                              "--min-reference 1)")
         outs = args.out or ["runs"]
         for out in outs:
             if not (Path(out) / "results.db").is_file():
@@ -187,9 +194,9 @@ def cmd_export(p: argparse.ArgumentParser):
         if args.min_sets is not None:
             from ..leaderboard.tables import complete_cells
 
-            records, left = complete_cells(records, args.min_sets)
+            records, left = complete_cells(records, args.min_sets, min_reference=args.min_reference)
             for line in left:
-                print(f"left out (fewer than {args.min_sets}): {line}")
+                print(f"left out (too few): {line}")
         n = write_jsonl(args.file, records)
         print(f"exported {n} records to {args.file}")
     return handler

@@ -319,18 +319,20 @@ def cells_of(records: Iterable[Mapping], defaults=None) -> list[dict]:
     return out
 
 
-def complete_cells(records: Iterable[Mapping], min_units: int, defaults=None) -> tuple[list[dict], list[str]]:
+def complete_cells(records: Iterable[Mapping], min_units: int, defaults=None,
+                   min_reference: int | None = None) -> tuple[list[dict], list[str]]:
     """The records of the cells that have at least `min_units` units of evidence — distilled sets; a
     deterministic method's distinct evaluations of its one set; the whole split's evaluations (a reference
-    has one set) — and one line per cell left out ("dit digits IPC 10 dc convnet3: 2 sets"). For publishing
-    only what a table can read (`ddbench export --min-sets`)."""
+    has one set; `min_reference` of them, default `min_units`: it is never ranked, and one evaluation of it
+    can cost hours on a CPU) — and one line per cell left out ("dit digits IPC 10 dc convnet3: 2 sets"). For
+    publishing only what a table can read (`ddbench export --min-sets`, `--min-reference`)."""
     kept, left = [], []
     for cell in cells_of(records, defaults):
         recs = cell["records"]
         s = cell_summary(recs, "acc_last")
         reference = method_kind(cell["method"]) == REFERENCE
         units = s.evaluations if reference else s.n
-        if units >= min_units:
+        if units >= (min_units if not reference or min_reference is None else min_reference):
             kept += recs
         else:
             what = "evaluation(s)" if reference or s.deterministic else "set(s)"
